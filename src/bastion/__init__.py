@@ -1,0 +1,1 @@
+"""Bastion: make LLM agents survive production."""

@@ -1,0 +1,1 @@
+"""The base layer: clock, errors and events. Everything else builds on these."""

@@ -1,0 +1,157 @@
+"""Bastion's exceptions.
+
+Every error Bastion raises on its own behalf derives from :class:`BastionError`
+and says what happened, why, and what the caller can do; structured fields
+(``retry_after``, ``limit``, ...) carry the same facts for code. Errors raised by
+*your* code are never wrapped: when retries give up, the last error you raised
+is re-raised as it was, with a note saying how many attempts were made.
+
+::
+
+    BastionError
+    ├── ConfigurationError          (also ValueError) an option has an invalid value
+    ├── RejectedError               the call was refused before it ran: nothing happened
+    │   ├── CircuitOpenError        the callee is failing; retry_after says when to try again
+    │   ├── RateLimitError          over a rate limit; retry_after, limit, remaining
+    │   ├── BulkheadFullError       too many calls in flight and in the queue
+    │   └── ShuttingDownError       the process is draining and admits no new runs
+    └── CallTimeoutError            (also TimeoutError) an attempt or the whole call ran too long
+
+``http_status`` on each class is the HTTP status the gateway answers with.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BastionError",
+    "BulkheadFullError",
+    "CallTimeoutError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "RateLimitError",
+    "RejectedError",
+    "ShuttingDownError",
+]
+
+
+class BastionError(Exception):
+    """Root of every error Bastion raises on its own behalf."""
+
+    http_status: int = 500
+    """HTTP status the gateway answers with (not the upstream status an error may carry)."""
+
+    transient: bool = False
+    """Whether trying the same call again later can succeed; read by retry classification."""
+
+
+class ConfigurationError(BastionError, ValueError):
+    """An option was given a value it cannot take; the message names the option and the fix."""
+
+    http_status = 500
+
+
+class RejectedError(BastionError):
+    """The call was refused before it started, so it had no effect and may be sent again."""
+
+    http_status = 503
+
+
+class CircuitOpenError(RejectedError):
+    """The circuit breaker in front of the callee is open.
+
+    The callee failed often enough that Bastion stopped sending it calls for a
+    while, to let it recover and to fail fast instead of waiting on it. Try
+    again after ``retry_after`` seconds, or use a fallback.
+    """
+
+    http_status = 503
+
+    def __init__(self, name: str, *, retry_after: float | None, state: str = "open") -> None:
+        self.name = name
+        self.retry_after = retry_after
+        self.state = state
+        when = (
+            f"retry in {retry_after:.3g}s"
+            if retry_after is not None
+            else "an operator must close it (breaker.reset())"
+        )
+        super().__init__(
+            f"circuit {name!r} is {state}: calls are refused while the callee recovers; {when}"
+        )
+
+
+class RateLimitError(RejectedError):
+    """A rate limit is exhausted for this key.
+
+    ``retry_after`` is exact: a call of the same cost made after that many
+    seconds is admitted, unless others take the room first.
+    """
+
+    http_status = 429
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        retry_after: float,
+        limit: float,
+        remaining: float,
+        window: float,
+        cost: float = 1.0,
+    ) -> None:
+        self.key = key
+        self.retry_after = retry_after
+        self.limit = limit
+        self.remaining = remaining
+        self.window = window
+        self.cost = cost
+        super().__init__(
+            f"rate limit exceeded for {key!r}: {limit:g} per {window:g}s, {remaining:g} left, "
+            f"this call needs {cost:g}; retry in {retry_after:.3g}s"
+        )
+
+
+class BulkheadFullError(RejectedError):
+    """Every concurrency slot is busy and the waiting queue is full (or the wait ran out)."""
+
+    http_status = 503
+
+    def __init__(self, name: str, *, max_concurrent: int, max_queued: int, reason: str) -> None:
+        self.name = name
+        self.max_concurrent = max_concurrent
+        self.max_queued = max_queued
+        self.reason = reason
+        super().__init__(
+            f"bulkhead {name!r} is full ({reason}): at most {max_concurrent} call(s) in flight "
+            f"and {max_queued} waiting; shed load or raise max_concurrent"
+        )
+
+
+class ShuttingDownError(RejectedError):
+    """The agent is draining for shutdown and admits no new runs."""
+
+    http_status = 503
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.retry_after: float | None = None
+        super().__init__(f"{name!r} is shutting down and admits no new runs; send it elsewhere")
+
+
+class CallTimeoutError(BastionError, TimeoutError):
+    """A call ran longer than its timeout and was cancelled.
+
+    ``scope`` is ``"attempt"`` for the per-attempt limit (the next retry may
+    still succeed) or ``"total"`` for the limit over every attempt.
+    """
+
+    http_status = 504
+    transient = True
+
+    def __init__(self, name: str, *, timeout: float, scope: str = "attempt") -> None:
+        self.name = name
+        self.timeout = timeout
+        self.scope = scope
+        super().__init__(
+            f"{name!r} timed out after {timeout:g}s ({scope} timeout) and was cancelled"
+        )

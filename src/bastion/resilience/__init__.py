@@ -1,0 +1,1 @@
+"""Resilience primitives: retry, circuit breaker, timeout, bulkhead, rate limiter, fallback."""
