@@ -31,6 +31,7 @@ __all__ = [
     "RateLimitError",
     "RejectedError",
     "ShuttingDownError",
+    "summarize",
 ]
 
 
@@ -155,3 +156,15 @@ class CallTimeoutError(BastionError, TimeoutError):
         super().__init__(
             f"{name!r} timed out after {timeout:g}s ({scope} timeout) and was cancelled"
         )
+
+
+def summarize(exc: BaseException, *, limit: int = 200) -> str:
+    """``"TypeName: message"`` cut to ``limit`` characters, for health reports and fallback logs.
+
+    Messages are cut because a provider's error text can echo large parts of a
+    request; reports need the gist, not the payload.
+    """
+    text = str(exc)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,47 @@
+"""The ``bastion`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+
+import typer
+from rich.console import Console
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="bastion",
+    help="Make LLM agents survive production.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _version() -> str:
+    try:
+        return package_version("bastion")
+    except PackageNotFoundError:  # pragma: no cover - only when run from a bare source tree
+        return "unknown"
+
+
+@app.command()
+def version() -> None:
+    """Print Bastion's version."""
+    typer.echo(_version())
+
+
+@app.command()
+def demo(
+    requests: int = typer.Option(20, min=1, max=1000, help="Requests in the flaky phase."),
+) -> None:
+    """Wrap a flaky in-process agent with the full resilience stack and show what happens."""
+    from bastion._demo import run_demo
+
+    asyncio.run(run_demo(Console(), requests=requests))
+
+
+def main() -> None:
+    """Entry point of the ``bastion`` console script."""
+    app()

@@ -1,0 +1,398 @@
+"""``with_resilience`` and ``@resilient``: the whole resilience stack around one callee.
+
+One call gives an agent, a model client or a plain function every strategy,
+with defaults chosen for LLM calls, in the order fixed by the pipeline module:
+
+=================  =====================================================================
+option             default
+=================  =====================================================================
+circuit_breaker    ``CircuitBreakerConfig(failure_threshold=5, reset_timeout=30.0,
+                   call_timeout=60.0)`` -- its ``call_timeout`` is the per-attempt timeout
+rate_limit         ``RateLimitConfig(max_rpm=60)`` -- admission, once per run
+retry              ``RetryConfig(max_retries=2, backoff=0.5, max_backoff=5.0)``
+bulkhead           off (``True`` gives ``BulkheadConfig()``)
+total_timeout      off (seconds over all attempts)
+fallback           none
+health_check       ``True`` (``HealthConfig()`` thresholds)
+graceful_shutdown  ``True``: drain on SIGTERM (see the shutdown module), 30 s
+=================  =====================================================================
+
+``False`` switches a part off; a config object tunes it; an instance
+(``CircuitBreaker``, ``RateLimiter``, ``Retry``, ``Bulkhead``) shares it
+between several wrapped agents -- one breaker per model, one limit per tenant.
+With ``circuit_breaker=False`` there is no per-attempt timeout either; use
+``total_timeout`` or keep the breaker and ``disable()`` it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, ParamSpec, Protocol, TypedDict, TypeVar, Unpack, cast, overload
+
+from bastion._core.clock import SYSTEM_CLOCK, Clock
+from bastion._core.errors import ConfigurationError
+from bastion._core.events import EventBus
+from bastion.resilience._breaker import CircuitBreaker, CircuitBreakerConfig
+from bastion.resilience._bulkhead import Bulkhead, BulkheadConfig
+from bastion.resilience._fallback import Fallback, FallbackResult
+from bastion.resilience._health import HealthConfig, HealthReport, HealthTracker
+from bastion.resilience._invoke import Target, resolve_target
+from bastion.resilience._pipeline import Pipeline
+from bastion.resilience._ratelimit import RateLimitConfig, RateLimiter
+from bastion.resilience._retry import Retry, RetryConfig
+from bastion.resilience._shutdown import DrainReport, ShutdownGate, watch_sigterm
+from bastion.resilience._timeout import check_timeout
+
+__all__ = ["ResilienceOptions", "ResilientAgent", "resilient", "with_resilience"]
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+P = ParamSpec("P")
+
+
+class ResilienceOptions(TypedDict, total=False):
+    """Keyword options of :func:`with_resilience` and :func:`resilient` (see the module docs)."""
+
+    name: str
+    circuit_breaker: CircuitBreakerConfig | CircuitBreaker | bool
+    rate_limit: RateLimitConfig | RateLimiter | bool
+    retry: RetryConfig | Retry | bool
+    bulkhead: BulkheadConfig | Bulkhead | bool
+    total_timeout: float | None
+    fallback: Fallback | Sequence[object] | None
+    health_check: HealthConfig | bool
+    graceful_shutdown: bool
+    shutdown_timeout: float
+    clock: Clock
+    bus: EventBus | None
+
+
+class AsyncRunner(Protocol[T_co]):
+    """An agent whose ``run(input, **kwargs)`` is a coroutine function."""
+
+    @property
+    def run(self) -> Callable[..., Awaitable[T_co]]: ...
+
+
+class SyncRunner(Protocol[T_co]):
+    """An agent whose ``run(input, **kwargs)`` blocks and returns the answer."""
+
+    @property
+    def run(self) -> Callable[..., T_co]: ...
+
+
+_OPTIONS = frozenset(ResilienceOptions.__annotations__)
+
+
+class ResilientAgent(Generic[T]):
+    """A callee wrapped in the resilience pipeline; ``run`` has the callee's signature.
+
+    Build one with :func:`with_resilience`.
+    """
+
+    __slots__ = (
+        "_graceful",
+        "_health",
+        "_loop",
+        "_pipeline",
+        "_shutdown_timeout",
+        "_target",
+        "wrapped",
+    )
+
+    def __init__(
+        self,
+        wrapped: object,
+        *,
+        target: Target,
+        pipeline: Pipeline,
+        health: HealthTracker | None,
+        graceful_shutdown: bool,
+        shutdown_timeout: float,
+    ) -> None:
+        self.wrapped = wrapped
+        self._target = target
+        self._pipeline = pipeline
+        self._health = health
+        self._graceful = graceful_shutdown
+        self._shutdown_timeout = shutdown_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"<ResilientAgent {self.name!r}>"
+
+    @property
+    def name(self) -> str:
+        return self._pipeline.name
+
+    @property
+    def circuit_breaker(self) -> CircuitBreaker | None:
+        return self._pipeline.breaker
+
+    @property
+    def rate_limiter(self) -> RateLimiter | None:
+        return self._pipeline.limiter
+
+    @property
+    def retry(self) -> Retry | None:
+        return self._pipeline.retry
+
+    @property
+    def bulkhead(self) -> Bulkhead | None:
+        return self._pipeline.bulkhead
+
+    @property
+    def fallback(self) -> Fallback | None:
+        return self._pipeline.fallback
+
+    async def run(self, input: Any, /, **kwargs: Any) -> T:
+        """Run the wrapped agent through the pipeline and return its answer."""
+        return (await self.run_detailed(input, **kwargs)).value
+
+    async def run_detailed(self, input: Any, /, **kwargs: Any) -> FallbackResult[T]:
+        """Like :meth:`run`, but say who served the answer and who was skipped on the way."""
+        return await self._run((input,), kwargs)
+
+    def run_sync(self, input: Any, /, **kwargs: Any) -> T:
+        """Blocking :meth:`run`; for a sync callee the whole pipeline runs in this thread."""
+        return self._run_sync((input,), kwargs).value
+
+    async def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FallbackResult[T]:
+        if self._graceful:
+            loop = asyncio.get_running_loop()
+            if loop is not self._loop:
+                self._loop = loop
+                watch_sigterm(self, timeout=self._shutdown_timeout)
+        pipeline = self._pipeline
+        call = self._target.bind_async(args, kwargs)
+        health = self._health
+        if health is None:
+            return await pipeline.run(call, args, kwargs)
+        monotonic = pipeline.clock.monotonic
+        started = monotonic()
+        try:
+            result = await pipeline.run(call, args, kwargs)
+        except Exception as exc:
+            health.record(monotonic() - started, exc)
+            raise
+        health.record(monotonic() - started, None, fallback=result.degraded)
+        return result
+
+    def _run_sync(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FallbackResult[T]:
+        if self._target.is_async:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return asyncio.run(self._run(args, kwargs))
+            msg = (
+                f"run_sync() was called inside a running event loop for async {self.name!r}; "
+                "use `await agent.run(...)` there"
+            )
+            raise ConfigurationError(msg)
+        pipeline = self._pipeline
+        call = self._target.bind_sync(args, kwargs)
+        health = self._health
+        if health is None:
+            return pipeline.run_sync(call, args, kwargs)
+        monotonic = pipeline.clock.monotonic
+        started = monotonic()
+        try:
+            result = pipeline.run_sync(call, args, kwargs)
+        except Exception as exc:
+            health.record(monotonic() - started, exc)
+            raise
+        health.record(monotonic() - started, None, fallback=result.degraded)
+        return result
+
+    def health(self) -> HealthReport:
+        """Counters, latency percentiles and a status; the rules are in the health module."""
+        if self._health is None:
+            msg = f"health checks are off for {self.name!r}; build it with health_check=True"
+            raise ConfigurationError(msg)
+        breaker = self._pipeline.breaker
+        gate = self._pipeline.gate
+        return self._health.report(
+            name=self.name,
+            circuit_state=str(breaker.state) if breaker is not None else None,
+            in_flight=gate.in_flight,
+            shutting_down=gate.closed,
+        )
+
+    async def shutdown(self, timeout: float | None = None) -> DrainReport:
+        """Stop admitting runs, wait up to ``timeout`` for those in flight, cancel the rest.
+
+        ``timeout`` defaults to the ``shutdown_timeout`` option (30 s).
+        """
+        wait = self._shutdown_timeout if timeout is None else timeout
+        return await self._pipeline.gate.drain(wait)
+
+
+@overload
+def with_resilience(
+    agent: AsyncRunner[T], /, **options: Unpack[ResilienceOptions]
+) -> ResilientAgent[T]: ...
+@overload
+def with_resilience(
+    agent: SyncRunner[T], /, **options: Unpack[ResilienceOptions]
+) -> ResilientAgent[T]: ...
+@overload
+def with_resilience(
+    agent: Callable[..., Awaitable[T]], /, **options: Unpack[ResilienceOptions]
+) -> ResilientAgent[T]: ...
+@overload
+def with_resilience(
+    agent: Callable[..., T], /, **options: Unpack[ResilienceOptions]
+) -> ResilientAgent[T]: ...
+def with_resilience(agent: object, /, **options: Unpack[ResilienceOptions]) -> ResilientAgent[Any]:
+    """Wrap ``agent`` (an object with ``run(input, **kwargs)``, or a callable) in the pipeline."""
+    target = resolve_target(agent, name=options.get("name"))
+    return _build(agent, target, options)
+
+
+class ResilientCallable(Protocol[P, T_co]):
+    """A function decorated with :func:`resilient`: same call, plus ``.resilience``."""
+
+    resilience: ResilientAgent[Any]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T_co: ...
+
+
+def resilient(
+    **options: Unpack[ResilienceOptions],
+) -> Callable[[Callable[P, T]], ResilientCallable[P, T]]:
+    """Decorator form of :func:`with_resilience` for functions; sync stays sync, async stays async.
+
+    The decorated function gains ``.resilience`` (the :class:`ResilientAgent`)
+    for ``health()`` and ``shutdown()``.
+    """
+    _check_options(options)
+
+    def decorate(fn: Callable[P, T]) -> ResilientCallable[P, T]:
+        target = resolve_target(fn, name=options.get("name"))
+        agent: ResilientAgent[Any] = _build(fn, target, options)
+        if target.is_async:
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return (await agent._run(args, kwargs)).value
+
+            wrapper: Any = async_wrapper
+        else:
+
+            @functools.wraps(fn)
+            def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return agent._run_sync(args, kwargs).value
+
+            wrapper = sync_wrapper
+        wrapper.resilience = agent
+        return cast(ResilientCallable[P, T], wrapper)
+
+    return decorate
+
+
+def _check_options(options: ResilienceOptions) -> None:
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        msg = f"unknown option(s) {sorted(unknown)}; valid options are {sorted(_OPTIONS)}"
+        raise ConfigurationError(msg)
+
+
+def _build(wrapped: object, target: Target, options: ResilienceOptions) -> ResilientAgent[Any]:
+    _check_options(options)
+    name = options.get("name") or target.name
+    clock = options.get("clock", SYSTEM_CLOCK)
+    bus = options.get("bus")
+
+    breaker = _part(
+        options.get("circuit_breaker", True),
+        CircuitBreaker,
+        CircuitBreakerConfig,
+        lambda cfg: CircuitBreaker(cfg, name=name, clock=clock, bus=bus),
+        "circuit_breaker",
+    )
+    limiter = _part(
+        options.get("rate_limit", True),
+        RateLimiter,
+        RateLimitConfig,
+        lambda cfg: RateLimiter(cfg, name=name, clock=clock, bus=bus),
+        "rate_limit",
+    )
+    retry = _part(
+        options.get("retry", True),
+        Retry,
+        RetryConfig,
+        lambda cfg: Retry(cfg, name=name, clock=clock, bus=bus),
+        "retry",
+    )
+    bulkhead = _part(
+        options.get("bulkhead", False),
+        Bulkhead,
+        BulkheadConfig,
+        lambda cfg: Bulkhead(cfg, name=name, clock=clock, bus=bus),
+        "bulkhead",
+    )
+    fallback_option = options.get("fallback")
+    if fallback_option is None or isinstance(fallback_option, Fallback):
+        fallback = fallback_option
+    else:
+        fallback = Fallback(fallback_option, name=name, bus=bus)
+
+    health_option: object = options.get("health_check", True)
+    health: HealthTracker | None
+    if health_option is False:
+        health = None
+    elif health_option is True:
+        health = HealthTracker(clock=clock)
+    elif isinstance(health_option, HealthConfig):
+        health = HealthTracker(config=health_option, clock=clock)
+    else:
+        msg = f"health_check must be True, False or a HealthConfig, got {health_option!r}"
+        raise ConfigurationError(msg)
+
+    shutdown_timeout = check_timeout(options.get("shutdown_timeout", 30.0), "shutdown_timeout")
+    pipeline = Pipeline(
+        name=name,
+        gate=ShutdownGate(name, clock=clock, bus=bus),
+        fallback=fallback,
+        limiter=limiter,
+        total_timeout=check_timeout(options.get("total_timeout"), "total_timeout"),
+        retry=retry,
+        breaker=breaker,
+        bulkhead=bulkhead,
+        call_timeout=breaker.config.call_timeout if breaker is not None else None,
+        clock=clock,
+        bus=bus,
+    )
+    return ResilientAgent(
+        wrapped,
+        target=target,
+        pipeline=pipeline,
+        health=health,
+        graceful_shutdown=bool(options.get("graceful_shutdown", True)),
+        shutdown_timeout=shutdown_timeout or 30.0,
+    )
+
+
+def _part(
+    value: object,
+    instance_type: type[T],
+    config_type: type[Any],
+    build: Callable[[Any], T],
+    option: str,
+) -> T | None:
+    """Turn one option (False / True / config / shared instance) into a strategy or None."""
+    if value is False:
+        return None
+    if value is True:
+        return build(config_type())
+    if isinstance(value, instance_type):
+        return value
+    if isinstance(value, config_type):
+        return build(value)
+    msg = (
+        f"{option} must be True, False, a {config_type.__name__} or a {instance_type.__name__}, "
+        f"got {value!r}"
+    )
+    raise ConfigurationError(msg)

@@ -1,0 +1,100 @@
+"""Calling whatever the user hands us: an agent, a coroutine function, or a plain function.
+
+``with_resilience`` and ``Fallback`` accept "any object with a ``run(input,
+**kwargs)`` method (sync or async) or any callable". This module turns each of
+those into one shape -- a function of ``(*args, **kwargs)`` that returns an
+awaitable -- once, when the wrapper is built, so the per-call path never asks
+again what kind of thing it is calling.
+
+Sync work called from async code runs in the event loop's default executor,
+so a blocking agent never stalls the loop; the caller's context variables go
+with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bastion._core.errors import ConfigurationError
+
+__all__ = ["Target", "describe", "resolve_target"]
+
+
+class Target:
+    """One resolved callee: how to call it from async code, and from sync code if it is sync."""
+
+    __slots__ = ("fn", "is_async", "name")
+
+    def __init__(self, fn: Callable[..., Any], *, is_async: bool, name: str) -> None:
+        self.fn = fn
+        self.is_async = is_async
+        self.name = name
+
+    def __repr__(self) -> str:
+        kind = "async" if self.is_async else "sync"
+        return f"<Target {self.name!r} ({kind})>"
+
+    def bind_async(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Callable[[], Awaitable[Any]]:
+        """A zero-argument function that starts one call and returns its awaitable."""
+        fn = self.fn
+        if self.is_async:
+            return functools.partial(fn, *args, **kwargs)
+        return functools.partial(_in_executor, functools.partial(fn, *args, **kwargs))
+
+    def bind_sync(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[[], Any]:
+        """A zero-argument function that makes one blocking call."""
+        if self.is_async:
+            msg = (
+                f"{self.name!r} is async and cannot be called from the sync API; "
+                "use `await ....run(...)` instead of `run_sync`, or wrap a sync callable"
+            )
+            raise ConfigurationError(msg)
+        return functools.partial(self.fn, *args, **kwargs)
+
+
+async def _in_executor(call: Callable[[], Any]) -> Any:
+    loop = asyncio.get_running_loop()
+    ctx = contextvars.copy_context()
+    result = await loop.run_in_executor(None, ctx.run, call)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+def describe(target: object) -> str:
+    """A short human name for an agent or callable, for health reports and events."""
+    name = getattr(target, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
+    if isinstance(qualname, str):
+        return qualname
+    return type(target).__name__
+
+
+def _is_async_callable(fn: object) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - we want the class's __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def resolve_target(target: object, *, name: str | None = None) -> Target:
+    """Decide once how ``target`` is called; refuse things that cannot be called at all."""
+    run = getattr(target, "run", None)
+    if run is not None and callable(run) and not inspect.isfunction(target):
+        return Target(run, is_async=_is_async_callable(run), name=name or describe(target))
+    if callable(target):
+        return Target(target, is_async=_is_async_callable(target), name=name or describe(target))
+    msg = (
+        f"cannot wrap {target!r}: pass an object with a run(input, **kwargs) method "
+        "(sync or async) or a callable"
+    )
+    raise ConfigurationError(msg)
