@@ -27,7 +27,7 @@ def failing(exc: Exception):  # type: ignore[no-untyped-def]
     def fn(prompt: str, **kwargs: object) -> str:
         raise exc
 
-    fn.__qualname__ = f"failing_{type(exc).__name__}"
+    fn.__name__ = f"failing_{type(exc).__name__}"
     return fn
 
 
@@ -48,7 +48,7 @@ async def test_primary_serves_when_it_works(bus: EventBus) -> None:
     result = await Fallback([primary, BackupAgent()], bus=bus).call("hi")
     assert (result.value, result.served_by, result.index, result.degraded) == (
         "HI",
-        "test_primary_serves_when_it_works.<locals>.primary",
+        "primary",
         0,
         False,
     )

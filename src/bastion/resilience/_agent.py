@@ -93,6 +93,7 @@ class ResilientAgent(Generic[T]):
     """
 
     __slots__ = (
+        "__weakref__",
         "_graceful",
         "_health",
         "_loop",

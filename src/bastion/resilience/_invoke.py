@@ -73,9 +73,9 @@ def describe(target: object) -> str:
     name = getattr(target, "name", None)
     if isinstance(name, str) and name:
         return name
-    qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
-    if isinstance(qualname, str):
-        return qualname
+    own = getattr(target, "__name__", None)
+    if isinstance(own, str) and own:
+        return own
     return type(target).__name__
 
 

@@ -1,0 +1,46 @@
+"""The command line: version and the demo, run as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import bastion
+
+
+def bastion_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from bastion._cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_version() -> None:
+    result = bastion_cli("version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == bastion.__version__
+
+
+def test_no_arguments_shows_help() -> None:
+    result = bastion_cli()
+    assert "demo" in result.stdout + result.stderr
+
+
+def test_demo_rides_out_an_outage() -> None:
+    result = bastion_cli("demo", "--requests", "10")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "circuit closed -> open" in out
+    assert "circuit half_open -> closed" in out
+    assert "(cached)" in out
+    assert "healthy" in out
+
+
+def test_demo_rejects_bad_input_with_a_message() -> None:
+    result = bastion_cli("demo", "--requests", "0")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "requests" in result.stderr
