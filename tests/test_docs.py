@@ -11,12 +11,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").glob("*.md"))
+README = ROOT / "README.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
 def blocks() -> list[tuple[str, str]]:
     found = []
-    for page in PAGES:
+    for page in [README, *PAGES]:
         for number, match in enumerate(BLOCK.finditer(page.read_text()), start=1):
             found.append((f"{page.name}#{number}", match.group(1)))
     return found
@@ -39,6 +40,7 @@ def test_every_capability_has_a_page_with_an_example() -> None:
     }
     assert expected <= pages
     with_examples = {name.split("#")[0].removesuffix(".md") for name, _ in blocks()}
+    assert "README" in with_examples
     assert expected <= with_examples
 
 

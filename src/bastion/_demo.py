@@ -17,6 +17,7 @@ from rich.table import Table
 from bastion._core.events import CircuitStateChanged, Event, EventBus, FallbackUsed, RetryScheduled
 from bastion.resilience._agent import with_resilience
 from bastion.resilience._breaker import CircuitBreakerConfig
+from bastion.resilience._health import HealthConfig
 from bastion.resilience._ratelimit import RateLimitConfig
 from bastion.resilience._retry import RetryConfig
 
@@ -52,6 +53,11 @@ class FlakyAgent:
         return f"answer to {question!r}"
 
 
+def cached_answer(question: str) -> str:
+    """The backup: an older answer from a cache, better than an error page."""
+    return f"(cached) answer to {question!r}"
+
+
 async def run_demo(console: Console | None = None, *, requests: int = 20) -> dict[str, int]:
     """Drive the scenario and print what happened; returns counts for tests."""
     out = console or Console()
@@ -77,7 +83,8 @@ async def run_demo(console: Console | None = None, *, requests: int = 20) -> dic
             failure_threshold=3, reset_timeout=0.5, call_timeout=1.0
         ),
         rate_limit=RateLimitConfig(max_rpm=600),
-        fallback=[lambda question: f"(cached) answer to {question!r}"],
+        fallback=[cached_answer],
+        health_check=HealthConfig(recent_runs=10, min_runs=5),
         graceful_shutdown=False,
         bus=bus,
     )
@@ -100,9 +107,13 @@ async def run_demo(console: Console | None = None, *, requests: int = 20) -> dic
     agent.down = False
     agent.failure_rate = 0.0
     await asyncio.sleep(0.6)
-    for n in range(3):
+    served: dict[str, int] = {}
+    for n in range(12):
         result = await resilient.run_detailed(f"recovered question {n}")
-        out.print(f"  [green]{result.served_by:>13}[/]  {result.value}")
+        served[result.served_by] = served.get(result.served_by, 0) + 1
+        if n < 3:
+            out.print(f"  [green]{result.served_by:>13}[/]  {result.value}")
+    out.print(f"  ... 12 requests served by: {served}")
 
     health = resilient.health()
     table = Table(title=f"health of {health.name!r}")

@@ -24,6 +24,7 @@ from bastion import (
     RateLimitConfig,
     RateLimiter,
     RateLimitError,
+    RequestTooLargeError,
     Retry,
     RetryConfig,
     RetryScheduled,
@@ -202,19 +203,23 @@ async def test_open_circuit_fails_fast_without_calling_the_agent_or_retrying() -
         retry=RetryConfig(max_retries=5, backoff=0.1, jitter="none"),
         **quiet(clock=clock),
     )
-    with pytest.raises(CircuitOpenError) as info:
+    # Three attempts open the breaker; the fourth is refused, so the caller gets the
+    # callee's own failure (what is wrong), with a note naming the refusal.
+    with pytest.raises(Unavailable) as info:
         await agent.run("q")
-    assert script.calls == 3  # three attempts opened it; the fourth was refused, not retried
+    assert script.calls == 3
     assert clock.sleeps == [0.1, 0.2, 0.4]
-    assert info.value.retry_after == pytest.approx(30 - 0.4)
-    calls_before = script.calls
-    with pytest.raises(CircuitOpenError):
+    assert any("circuit 'scripted' is open" in note for note in info.value.__notes__)
+    # The next run is refused at once, without calling the agent.
+    with pytest.raises(CircuitOpenError) as refused:
         await agent.run("q")
-    assert script.calls == calls_before
+    assert refused.value.retry_after == pytest.approx(30 - 0.4)
+    assert script.calls == 3
     health = agent.health()
     assert health.status == "unhealthy"
     assert health.circuit_state == "open"
-    assert health.total_rejected == 2  # both runs ended refused by the open circuit
+    assert (health.total_failures, health.total_rejected) == (1, 1)
+    assert health.last_error == "Unavailable: 503"
 
 
 async def test_recovery_through_half_open() -> None:
@@ -265,6 +270,39 @@ async def test_slow_attempt_times_out_counts_as_failure_and_is_retried() -> None
 
 async def test_total_timeout_bounds_every_attempt_and_backoff() -> None:
     clock = FakeClock()
+    attempts = 0
+
+    async def hangs(question: str) -> str:
+        nonlocal attempts
+        attempts += 1
+        await clock.sleep(1000)
+        return "never"
+
+    agent = with_resilience(
+        hangs,
+        circuit_breaker=CircuitBreakerConfig(call_timeout=4, failure_threshold=10),
+        retry=RetryConfig(max_retries=10, backoff=1, multiplier=1, jitter="none"),
+        total_timeout=10,
+        **quiet(clock=clock),
+    )
+    task = asyncio.create_task(agent.run("q"))
+    while not task.done():
+        await asyncio.sleep(0)
+        if clock.pending_sleepers:
+            clock.advance(1)
+    with pytest.raises(CallTimeoutError) as info:
+        await task
+    # Attempts at 0-4 s and 5-9 s timed out; a backoff ending at 10 s would reach the
+    # deadline, so the run ends at 9 s instead of sleeping into it.
+    assert info.value.scope == "total"
+    assert attempts == 2
+    assert clock.monotonic() == 9
+    assert agent.circuit_breaker is not None
+    assert agent.circuit_breaker.metrics().failures == 2
+
+
+async def test_an_attempt_cut_by_the_deadline_is_not_held_against_the_breaker() -> None:
+    clock = FakeClock()
 
     async def hangs(question: str) -> str:
         await clock.sleep(1000)
@@ -272,21 +310,39 @@ async def test_total_timeout_bounds_every_attempt_and_backoff() -> None:
 
     agent = with_resilience(
         hangs,
-        circuit_breaker=CircuitBreakerConfig(call_timeout=4),
-        retry=RetryConfig(max_retries=10, backoff=1, jitter="none"),
-        total_timeout=10,
+        circuit_breaker=CircuitBreakerConfig(call_timeout=60, failure_threshold=1),
+        retry=False,
+        total_timeout=5,
         **quiet(clock=clock),
     )
     task = asyncio.create_task(agent.run("q"))
-    for _ in range(10):
-        await clock.wait_for_sleepers(1)
-        clock.advance(1)
-        if task.done():
-            break
-    with pytest.raises(CallTimeoutError) as info:
+    await clock.wait_for_sleepers(1)
+    clock.advance(5)
+    with pytest.raises(CallTimeoutError, match="total timeout"):
         await task
-    assert info.value.scope == "total"
-    assert clock.monotonic() == 10
+    assert agent.circuit_breaker is not None
+    assert agent.circuit_breaker.state is CircuitState.CLOSED
+
+
+def test_sync_total_timeout_stops_retrying_in_the_callers_thread() -> None:
+    clock = FakeClock(auto_advance=True)
+    calls = 0
+
+    @resilient(
+        circuit_breaker=CircuitBreakerConfig(call_timeout=None, failure_threshold=100),
+        retry=RetryConfig(max_retries=50, backoff=2, multiplier=1, jitter="none"),
+        total_timeout=7,
+        **quiet(clock=clock),
+    )
+    def flaky() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionResetError
+
+    with pytest.raises(CallTimeoutError, match="total timeout"):
+        flaky()
+    assert calls == 4  # at 0, 2, 4 and 6 s; the next backoff would pass the 7 s deadline
+    assert clock.sleeps == [2, 2, 2]
 
 
 async def test_without_breaker_there_is_no_attempt_timeout() -> None:
@@ -534,10 +590,13 @@ def test_sync_pipeline_retries_and_opens_the_breaker() -> None:
         calls += 1
         raise Unavailable("down")
 
-    with pytest.raises(CircuitOpenError):
+    with pytest.raises(Unavailable, match="down"):
         always_down()
     assert calls == 2
     assert clock.sleeps == [0.1, 0.2]
+    with pytest.raises(CircuitOpenError):
+        always_down()
+    assert calls == 2
 
 
 def test_sync_pipeline_with_bulkhead_and_fallback() -> None:
@@ -559,3 +618,112 @@ def test_sync_pipeline_with_bulkhead_and_fallback() -> None:
 def test_decorator_validates_options_at_decoration_time() -> None:
     with pytest.raises(ConfigurationError, match="unknown option"):
         resilient(colour="red")  # type: ignore[call-arg]
+
+
+# -- review regressions --------------------------------------------------------------------
+
+
+def test_run_sync_without_attempt_timeout_keeps_the_callee_in_this_thread() -> None:
+    agent = with_resilience(
+        SyncAgent(), circuit_breaker=CircuitBreakerConfig(call_timeout=None), **quiet()
+    )
+    agent.run_sync("q")
+    assert isinstance(agent.wrapped, SyncAgent)
+    assert agent.wrapped.threads == [threading.get_ident()]
+
+
+def test_run_sync_with_attempt_timeout_uses_a_worker_of_its_own() -> None:
+    names: list[str] = []
+
+    def where(question: str) -> str:
+        names.append(threading.current_thread().name)
+        return question
+
+    agent = with_resilience(where, name="lookup", **quiet())
+    assert agent.run_sync("q") == "q"
+    assert names == ["bastion-lookup"]
+
+
+async def test_fallback_serving_still_shows_the_primary_as_degraded() -> None:
+    agent = with_resilience(
+        Script(failures=100),
+        retry=False,
+        circuit_breaker=CircuitBreakerConfig(failure_threshold=1000),
+        fallback=[lambda question: "backup"],
+        **quiet(),
+    )
+    for _ in range(10):
+        assert await agent.run("q") == "backup"
+    health = agent.health()
+    assert health.status == "degraded"
+    assert (health.total_runs, health.total_failures, health.fallback_runs) == (10, 0, 10)
+    assert health.recent_failure_rate == 1.0
+    assert health.last_error == "Unavailable: 503"
+
+
+async def test_rate_limit_refusals_are_not_served_by_the_fallback() -> None:
+    agent = with_resilience(
+        Script(), rate_limit=RateLimitConfig(max_rpm=1), fallback=[lambda q: "backup"], **quiet()
+    )
+    assert await agent.run("a") == "answer:a"
+    with pytest.raises(RateLimitError):
+        await agent.run("b")
+
+
+async def test_input_too_large_for_the_token_limit_is_a_clear_client_error() -> None:
+    script = Script()
+    agent = with_resilience(
+        script,
+        rate_limit=RateLimitConfig(max_rpm=100, max_tpm=100),
+        fallback=[lambda q: "backup"],
+        **quiet(),
+    )
+    with pytest.raises(RequestTooLargeError) as info:
+        await agent.run("x" * 4000)  # about 1000 tokens against a 100-token limit
+    assert info.value.http_status == 413
+    assert script.calls == 0
+    assert agent.health().total_rejected == 1
+
+
+def test_a_sync_callee_with_async_fallbacks_is_refused_before_an_outage() -> None:
+    async def backup(question: str) -> str:
+        return "backup"
+
+    with pytest.raises(ConfigurationError, match="async"):
+
+        @resilient(fallback=[backup], **quiet())
+        def primary(question: str) -> str:
+            return question
+
+    agent = with_resilience(SyncAgent(), fallback=[backup], **quiet())
+    with pytest.raises(ConfigurationError, match="async"):
+        agent.run_sync("q")  # at once, not only when the primary fails
+
+
+async def test_key_and_tokens_see_the_callables_own_arguments() -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    def key(*args: Any, **kwargs: Any) -> str:
+        seen.append(args)
+        return "k"
+
+    class Bot:
+        @resilient(rate_limit=RateLimitConfig(max_rpm=10, key=key), **quiet())
+        async def answer(self, question: str) -> str:
+            return question
+
+    bot = Bot()
+    assert await bot.answer("hi") == "hi"
+    assert seen == [(bot, "hi")]
+
+
+def test_classes_are_refused_with_a_hint() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"pass an instance, e\.g\. with_resilience\(Script"
+    ):
+        with_resilience(Script)
+
+
+def test_shutdown_timeout_needs_a_bound() -> None:
+    with pytest.raises(ConfigurationError, match="shutdown_timeout"):
+        with_resilience(Script(), shutdown_timeout=None)  # type: ignore[typeddict-item]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import random
 import sys
 import threading
@@ -20,6 +21,7 @@ from bastion import (
     CallTimeoutError,
     CircuitBreaker,
     CircuitBreakerConfig,
+    CircuitBreakerRegistry,
     CircuitOpenError,
     CircuitState,
     CircuitStateChanged,
@@ -33,6 +35,7 @@ from bastion.resilience._windows import (
     SLOW,
     SUCCESS,
     CountWindow,
+    RollingCounters,
     TimeWindow,
     WindowTotals,
     time_window_buckets,
@@ -139,6 +142,26 @@ def test_config_is_frozen() -> None:
     config = CircuitBreakerConfig()
     with pytest.raises(AttributeError):
         config.failure_threshold = 3  # type: ignore[misc]
+
+
+def test_a_count_window_size_is_reported_as_calls_not_seconds() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        CircuitBreakerConfig(window_size=0)
+    assert str(info.value) == (
+        "CircuitBreakerConfig.window_size must be a whole number >= 1 "
+        '(calls, for window_type="count"); got 0'
+    )
+    with pytest.raises(ConfigurationError, match="number of seconds > 0"):
+        CircuitBreakerConfig(window_size=0, window_type="time")
+    assert CircuitBreakerConfig(window_size=50.0).window_size == 50.0  # a whole float is fine
+
+
+@pytest.mark.parametrize("config", [5, {"failure_threshold": 5}, "strict"])
+def test_a_config_of_the_wrong_type_is_refused_at_construction(config: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"CircuitBreaker\.config must be a Circuit"):
+        CircuitBreaker(config)
+    with pytest.raises(ConfigurationError, match=r"CircuitBreakerRegistry\.config must be a"):
+        CircuitBreakerRegistry(config)
 
 
 # -- closed: the trip rules ---------------------------------------------------------------------
@@ -716,6 +739,70 @@ def test_a_failing_listener_is_logged_and_harmless(
     assert "exporter down" in caplog.text
 
 
+def test_a_blocked_listener_does_not_block_other_threads(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=1, reset_timeout=10)
+    in_listener, release = threading.Event(), threading.Event()
+    heard: list[str] = []
+
+    def slow(event: CircuitStateChanged) -> None:
+        if event.to_state == "open":
+            in_listener.set()
+            release.wait(timeout=30)
+
+    breaker.add_listener(slow)
+    breaker.add_listener(lambda event: heard.append(event.to_state))
+    tripper = threading.Thread(target=fail, args=(breaker,))
+    tripper.start()
+    try:
+        assert in_listener.wait(timeout=30)
+        outcome: list[object] = []
+        finished = threading.Event()
+
+        def use_the_breaker() -> None:
+            try:
+                breaker.acquire()
+            except CircuitOpenError as exc:
+                outcome.append(exc.state)
+            breaker.reset()  # a transition of its own, while the tripper is still delivering
+            succeed(breaker)
+            fail(breaker, ValueError("caller's fault"))
+            outcome.append(breaker.metrics().calls)
+            finished.set()
+
+        other = threading.Thread(target=use_the_breaker)
+        other.start()
+        assert finished.wait(timeout=30), "another thread waited on a slow listener"
+        other.join(timeout=30)
+        assert outcome == ["open", 1]
+        assert heard == []  # the slow listener still holds the first event
+    finally:
+        release.set()
+        tripper.join(timeout=30)
+    assert heard == ["open", "closed"]  # delivered by the tripper, in transition order
+
+
+def test_every_refusal_emits_call_rejected_with_its_reason(clock: FakeClock, bus: EventBus) -> None:
+    rejected: list[CallRejected] = []
+    bus.subscribe(rejected.append, CallRejected)
+    breaker = make(clock, bus, failure_threshold=1, reset_timeout=10)
+    fail(breaker)
+    with pytest.raises(CircuitOpenError):
+        breaker.acquire()
+    clock.advance(10)
+    probe = breaker.acquire()  # half-open: the one probe slot is taken
+    with pytest.raises(CircuitOpenError):
+        breaker.acquire()
+    breaker.release(probe)
+    breaker.force_open()
+    with pytest.raises(CircuitOpenError):
+        breaker.acquire()
+    assert [(e.source, e.reason, e.retry_after) for e in rejected] == [
+        ("svc", "circuit_open", 10.0),
+        ("svc", "circuit_half_open", 1.0),
+        ("svc", "circuit_forced_open", None),
+    ]
+
+
 def test_a_removed_listener_hears_nothing(clock: FakeClock) -> None:
     breaker = make(clock, failure_threshold=1)
     heard: list[CircuitStateChanged] = []
@@ -851,7 +938,7 @@ def test_call_sync_inline_and_through_the_timeout_pool(clock: FakeClock) -> None
     pooled = CircuitBreaker(CircuitBreakerConfig(call_timeout=30), name="pooled", clock=clock)
     assert pooled.call_sync(where) == "ok"
     assert threads[0] == threading.current_thread().name
-    assert threads[1].startswith("bastion-timeout")
+    assert threads[1] == "bastion-pooled"
 
     def down() -> None:
         raise StatusError(502)
@@ -874,6 +961,33 @@ def test_call_sync_releases_on_base_exceptions(clock: FakeClock) -> None:
         breaker.call_sync(interrupted)
     assert breaker.metrics().probes_in_flight == 0
     assert breaker.state is CircuitState.HALF_OPEN
+
+
+async def test_an_object_with_an_async_call_is_judged_when_awaited(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=1)
+
+    class Provider:
+        async def __call__(self, prompt: str) -> str:
+            raise ConnectionError("down")
+
+    complete = breaker(Provider())
+    with pytest.raises(ConnectionError):
+        await complete("hi")
+    assert breaker.state is CircuitState.OPEN  # not a success recorded when the coroutine was made
+
+
+def test_call_sync_refuses_a_function_that_returns_a_coroutine(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=1, reset_timeout=1)
+    fail(breaker)
+    clock.advance(1)  # half-open: a success would close it
+
+    async def fetch() -> int:
+        return 1
+
+    with pytest.raises(ConfigurationError, match=r"returned an awaitable.*await breaker\.call"):
+        breaker.call_sync(fetch)
+    metrics = breaker.metrics()
+    assert (metrics.state, metrics.probes_in_flight) == ("half_open", 0)
 
 
 async def test_decorator_keeps_sync_and_async(clock: FakeClock) -> None:
@@ -1147,6 +1261,23 @@ def test_time_window_expires_bucket_by_bucket() -> None:
     assert window.record(FAILURE, 1000.5) == WindowTotals(1, 1, 0)
 
 
+def test_rolling_counters_keep_several_totals_over_one_bucketed_window() -> None:
+    counters = RollingCounters(5, 0.2, 2)  # one second in five buckets
+    counters.add(counters.slot(0.0), 0)
+    counters.add(counters.slot(0.5), 1, 3)
+    assert counters.totals == [1, 3]
+    counters.slot(1.0)  # the bucket of t=0 has left; the one of t=0.5 has not
+    assert counters.totals == [0, 3]
+    counters.slot(1.0 + 0.5)
+    assert counters.totals == [0, 0]
+    counters.add(counters.slot(7.0), 0)
+    counters.clear()
+    assert counters.totals == [0, 0]
+    assert "buckets=5" in repr(counters)
+    with pytest.raises(ValueError, match="buckets >= 1"):
+        RollingCounters(0, 1.0, 1)
+
+
 def test_time_window_files_a_backward_step_in_the_newest_bucket() -> None:
     window = TimeWindow(10)
     window.record(SUCCESS, 5.0)
@@ -1174,6 +1305,6 @@ def test_windows_agree_with_a_recount(size: int, events: list[tuple[int, float]]
         timed.record(outcome, now)
         last = [o for _, o in history[-size:]]
         assert count.totals(now) == (len(last), last.count(FAILURE), last.count(SLOW))
-        head = int(now // width)
-        recent = [o for t, o in history if int(t // width) > head - time_window_buckets(size)]
+        head = math.floor(now / width)
+        recent = [o for t, o in history if math.floor(t / width) > head - time_window_buckets(size)]
         assert timed.totals(now) == (len(recent), recent.count(FAILURE), recent.count(SLOW))

@@ -425,6 +425,40 @@ def test_decorator_keeps_sync_functions_sync(clock: FakeClock) -> None:
     assert bh.call_sync(len, "abc") == 3
 
 
+async def test_an_object_with_an_async_call_holds_its_slot_until_it_finishes(
+    clock: FakeClock,
+) -> None:
+    bh = bulkhead(clock, max_concurrent=1)
+    inside: list[int] = []
+
+    class Provider:
+        async def __call__(self, prompt: str) -> str:
+            inside.append(bh.in_flight)
+            return prompt.upper()
+
+    complete = bh(Provider())
+    assert await complete("hi") == "HI"
+    assert inside == [1]
+    assert bh.in_flight == 0
+
+
+def test_call_sync_refuses_a_function_that_returns_a_coroutine(clock: FakeClock) -> None:
+    bh = bulkhead(clock, max_concurrent=1)
+
+    async def fetch() -> str:
+        return "never awaited"
+
+    with pytest.raises(ConfigurationError, match=r"returned an awaitable.*await bulkhead\.call"):
+        bh.call_sync(fetch)
+    assert bh.in_flight == 0
+
+
+@pytest.mark.parametrize("config", [4, {"max_concurrent": 4}])
+def test_a_config_of_the_wrong_type_is_refused(config: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"Bulkhead\.config must be a BulkheadConfig"):
+        Bulkhead(config)
+
+
 async def test_call_releases_on_error(clock: FakeClock) -> None:
     bh = bulkhead(clock, max_concurrent=1)
 

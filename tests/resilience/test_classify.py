@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import email.utils
+import errno
+import socket
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from bastion import (
     CircuitOpenError,
     ConfigurationError,
     RateLimitError,
+    RequestTooLargeError,
 )
 from bastion.resilience import TRANSIENT_STATUSES, is_client_error, is_transient
 from bastion.resilience._classify import retry_after_of, status_of
@@ -131,3 +134,49 @@ def test_retry_after_rejects_infinite_and_nan() -> None:
         retry_after = float("inf")
 
     assert retry_after_of(Bad(), now=0) is None
+
+
+def _foreign(module: str, name: str, base: type[Exception] = Exception) -> Exception:
+    """An exception class that looks as if it came from another library."""
+    cls = type(name, (base,), {"__module__": module})
+    return cls("boom")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        socket.gaierror(-3, "Temporary failure in name resolution"),
+        OSError(errno.EHOSTUNREACH, "No route to host"),
+        OSError(errno.ECONNRESET, "reset"),
+        _foreign("aiohttp.client_exceptions", "ClientConnectionError"),
+        _foreign("httpx", "TransportError"),
+        _foreign("requests.exceptions", "ConnectionError"),
+    ],
+)
+def test_transport_errors_of_common_clients_are_transient(exc: BaseException) -> None:
+    assert is_transient(exc)
+
+
+def test_subclasses_of_client_transport_errors_are_transient() -> None:
+    base = type("ClientConnectionError", (Exception,), {"__module__": "aiohttp.client_exceptions"})
+    sub = type("ServerDisconnectedError", (base,), {"__module__": "aiohttp.client_exceptions"})
+    assert is_transient(sub())
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        FileNotFoundError(errno.ENOENT, "missing"),
+        PermissionError(errno.EACCES, "denied"),
+        _foreign("httpx", "InvalidURL"),
+        _foreign("mylib", "TransportError"),
+    ],
+)
+def test_other_os_and_client_errors_are_not(exc: BaseException) -> None:
+    assert not is_transient(exc)
+
+
+def test_an_input_too_large_is_the_callers_fault() -> None:
+    exc = RequestTooLargeError("k", cost=5000, limit=100, unit="tokens")
+    assert is_client_error(exc)
+    assert not is_transient(exc)

@@ -17,9 +17,11 @@ from bastion import (
     RateLimitDecision,
     RateLimiter,
     RateLimitError,
+    RejectedError,
+    RequestTooLargeError,
+    estimate_tokens,
 )
 from bastion.resilience import SlidingWindowLog
-from bastion.resilience._ratelimit import estimate_tokens
 from bastion.testing import FakeClock
 
 
@@ -210,12 +212,31 @@ def test_refusal_by_both_limits_reports_the_one_that_frees_last(clock: FakeClock
     assert (refused.limit, refused.retry_after) == (10.0, 9.0)
 
 
-def test_a_cost_that_can_never_fit_is_a_configuration_error(clock: FakeClock) -> None:
-    rl = limiter(clock, max_rpm=10, max_tpm=4000)
-    with pytest.raises(ConfigurationError, match=r"5000.*max_tpm=4000") as info:
-        rl.try_acquire(tokens=5000)
-    assert "never" in str(info.value)
-    assert rl.try_acquire(tokens=4000).allowed
+def test_a_cost_that_can_never_fit_is_refused_as_too_large(clock: FakeClock, bus: EventBus) -> None:
+    seen = rejections(bus)
+    rl = limiter(clock, bus, name="quota", max_rpm=10, max_tpm=4000)
+    with pytest.raises(RequestTooLargeError, match=r"5000.*max_tpm=4000") as info:
+        rl.try_acquire("tenant", tokens=5000)
+    err = info.value
+    assert (err.key, err.cost, err.limit, err.unit) == ("tenant", 5000, 4000, "tokens")
+    assert err.http_status == 413
+    assert isinstance(err, RejectedError)
+    assert not isinstance(err, ConfigurationError)
+    assert "never" in str(err)
+    assert "split the input" in str(err)
+    assert [(e.source, e.reason, e.retry_after) for e in seen] == [("quota", "too_large", None)]
+    assert rl.try_acquire("tenant", tokens=4000).allowed  # the refusal spent nothing
+
+
+async def test_too_large_is_raised_by_every_way_in_even_in_wait_mode(clock: FakeClock) -> None:
+    rl = limiter(clock, max_rpm=10, max_tpm=100, mode="wait", max_wait=60)
+    with pytest.raises(RequestTooLargeError):
+        await rl.acquire(tokens=101)
+    with pytest.raises(RequestTooLargeError):
+        rl.acquire_sync(tokens=101)
+    with pytest.raises(RequestTooLargeError):
+        rl.call_sync(str.upper, "x" * 404)  # 101 tokens by the default estimate
+    assert clock.sleeps == []  # refused at once: no wait could ever help
 
 
 @pytest.mark.parametrize("tokens", [-1, math.nan, math.inf, True, "12"])
@@ -265,6 +286,27 @@ def test_config_picks_keys_and_prices_calls() -> None:
     )
     assert custom.key_for("hi", user="ann") == "user:ann"
     assert custom.tokens_for("one two three", user="ann") == 3.0
+
+
+def test_key_and_tokens_get_the_wrapped_callables_arguments_whatever_they_are() -> None:
+    config = RateLimitConfig(
+        max_tpm=1000,
+        key=lambda tenant, question, *, model: f"{tenant}/{model}",
+        tokens=lambda tenant, question, *, model: float(len(question)),
+    )
+    assert config.key_for("acme", "why?", model="small") == "acme/small"
+    assert config.tokens_for("acme", "why?", model="small") == 4.0
+
+
+def test_estimate_tokens_counts_the_text_of_str_arguments_only() -> None:
+    class Agent:
+        def run(self, prompt: str, *, system: str = "", temperature: float = 0.0) -> str:
+            return prompt
+
+    agent = Agent()
+    assert estimate_tokens(agent, "x" * 7, system="y" * 5, temperature=0.7) == 3.0  # 12 chars
+    assert estimate_tokens(agent, 12345, ["not", "text"]) == 0.0
+    assert RateLimitConfig().tokens_for(agent, "abcd", system="efgh") == 2.0
 
 
 def test_an_idle_key_is_dropped_when_seen_again(clock: FakeClock) -> None:
@@ -411,6 +453,79 @@ def test_call_sync_and_decorator_keep_sync_functions_sync(clock: FakeClock) -> N
     with pytest.raises(RateLimitError):
         rl.call_sync(ran.append, 1)
     assert ran == []
+
+
+def test_call_and_decorator_count_under_the_key_and_price_with_tokens(
+    clock: FakeClock,
+) -> None:
+    config = RateLimitConfig(
+        max_rpm=100, max_tpm=10, key=lambda user, text: f"user:{user}", tokens=None
+    )
+    rl = RateLimiter(config, clock=clock)
+
+    def answer(user: str, text: str) -> str:
+        return text
+
+    ask = rl(answer)
+    assert ask("ann", "x" * 24) == "x" * 24  # 6 tokens for key user:ann ("ann" adds 1)
+    with pytest.raises(RateLimitError) as info:
+        ask("ann", "x" * 16)  # 4 + 1 more tokens would make 12 > 10
+    assert (info.value.key, info.value.cost) == ("user:ann", 5.0)
+    assert rl.call_sync(answer, "bob", "x" * 32) == "x" * 32  # bob has a window of his own
+    assert not rl.try_acquire("user:bob", tokens=2).allowed  # 9 of bob's 10 tokens are spent
+
+
+async def test_async_call_prices_with_tokens_too(clock: FakeClock) -> None:
+    rl = RateLimiter(RateLimitConfig(max_rpm=100, max_tpm=10), clock=clock)
+
+    async def echo(text: str) -> str:
+        return text
+
+    assert await rl.call(echo, "x" * 40) == "x" * 40  # exactly the 10 tokens
+    with pytest.raises(RateLimitError):
+        await rl.call(echo, "y")
+
+
+async def test_a_token_only_limiter_refuses_to_wrap_calls(clock: FakeClock) -> None:
+    rl = limiter(clock, name="tpm", max_rpm=None, max_tpm=1000)
+
+    def work(text: str) -> str:
+        return text
+
+    async def awork(text: str) -> str:
+        return text
+
+    with pytest.raises(ConfigurationError, match=r"max_rpm=None.*acquire\(key, tokens=") as info:
+        rl(work)
+    assert "@RateLimiter" in str(info.value)
+    with pytest.raises(ConfigurationError, match=r"RateLimiter\.call_sync"):
+        rl.call_sync(work, "hi")
+    with pytest.raises(ConfigurationError, match=r"RateLimiter\.call "):
+        await rl.call(awork, "hi")
+    assert rl.try_acquire("k", tokens=1000).allowed  # acquire(..., tokens=) is the way
+
+
+async def test_an_object_with_an_async_call_gets_an_async_wrapper(clock: FakeClock) -> None:
+    rl = limiter(clock, max_rpm=1)
+
+    class Model:
+        async def __call__(self, prompt: str) -> str:
+            return prompt.upper()
+
+    wrapped = rl(Model())
+    assert await wrapped("hi") == "HI"
+    with pytest.raises(RateLimitError):
+        await wrapped("again")
+
+
+def test_call_sync_refuses_a_function_that_returns_a_coroutine(clock: FakeClock) -> None:
+    rl = limiter(clock, max_rpm=5)
+
+    async def fetch() -> str:
+        return "late"
+
+    with pytest.raises(ConfigurationError, match=r"returned an awaitable.*await limiter\.call"):
+        rl.call_sync(fetch)
 
 
 def test_repr_names_the_limits(clock: FakeClock) -> None:

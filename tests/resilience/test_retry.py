@@ -783,6 +783,41 @@ def test_decorator_keeps_sync_functions_sync(auto_clock: FakeClock, bus: EventBu
     assert flaky.calls == 2
 
 
+async def test_an_object_with_an_async_call_is_retried_when_awaited(
+    auto_clock: FakeClock, bus: EventBus
+) -> None:
+    class Provider:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def __call__(self, prompt: str) -> str:
+            self.calls += 1
+            if self.calls == 1:
+                raise ConnectionError("down")
+            return prompt.upper()
+
+    provider = Provider()
+    complete = Retry(no_wait(), clock=auto_clock, bus=bus)(provider)
+    assert inspect.iscoroutinefunction(complete)
+    assert await complete("hi") == "HI"
+    assert provider.calls == 2
+
+
+def test_call_sync_refuses_a_function_that_returns_a_coroutine(
+    auto_clock: FakeClock, bus: EventBus
+) -> None:
+    calls: list[int] = []
+
+    async def fetch() -> str:
+        calls.append(1)
+        return "never awaited"
+
+    policy = Retry(no_wait(retry_on=lambda _exc: True), clock=auto_clock, bus=bus)
+    with pytest.raises(ConfigurationError, match=r"returned an awaitable.*await retry\.call"):
+        policy.call_sync(fetch)
+    assert calls == []  # the coroutine was closed, not run, and not retried either
+
+
 async def test_retry_function_builds_a_decorator(auto_clock: FakeClock, bus: EventBus) -> None:
     seen = collect(bus)
     flaky = Flaky(*(APIStatusError(500) for _ in range(3)))
@@ -870,20 +905,20 @@ def test_retry_function_passes_every_option() -> None:
     ],
 )
 def test_invalid_options_name_the_option_and_the_fix(options: dict[str, Any], option: str) -> None:
-    with pytest.raises(ConfigurationError, match=rf"RetryConfig\({option}\) must be ") as info:
+    with pytest.raises(ConfigurationError, match=rf"RetryConfig\.{option} must be ") as info:
         RetryConfig(**options)
 
     assert repr(next(iter(options.values()))) in str(info.value)
 
 
 def test_the_retry_function_validates_too() -> None:
-    with pytest.raises(ConfigurationError, match=r"RetryConfig\(multiplier\)"):
+    with pytest.raises(ConfigurationError, match=r"RetryConfig\.multiplier must be"):
         retry(multiplier=0.0)
 
 
 def test_config_must_be_a_retry_config() -> None:
     bad: Callable[..., Retry] = Retry
-    with pytest.raises(ConfigurationError, match=r"Retry\(config\) must be a RetryConfig"):
+    with pytest.raises(ConfigurationError, match=r"Retry\.config must be a RetryConfig"):
         bad(3)
 
 

@@ -109,3 +109,33 @@ async def test_drain_from_inside_a_run_does_not_wait_for_itself(clock: FakeClock
     report = await gate.drain(5)
     gate.exit(task)
     assert (report.completed, report.cancelled) == (0, 0)
+
+
+async def test_drain_never_outlasts_timeout_plus_grace(clock: FakeClock) -> None:
+    gate = ShutdownGate("agent", clock=clock)
+    unwound = asyncio.Event()
+
+    async def stubborn() -> None:
+        task = gate.enter()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            try:
+                await clock.sleep(100)  # cleanup that takes far longer than the grace
+            finally:
+                unwound.set()
+                gate.exit(task)
+
+    run = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    drain = asyncio.create_task(gate.drain(1, grace=2))
+    await clock.wait_for_sleepers(1)
+    clock.advance(1)  # the timeout: the run is cancelled and starts its long cleanup
+    await clock.wait_for_sleepers(2)
+    clock.advance(2)  # the grace runs out
+    report = await drain
+    assert (report.completed, report.cancelled, report.abandoned) == (0, 0, 1)
+    clock.advance(100)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 5)
+    assert unwound.is_set()

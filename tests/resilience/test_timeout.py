@@ -135,7 +135,22 @@ async def test_decorator_keeps_async_and_sync(clock: FakeClock) -> None:
     assert repr(limit) == "Timeout(1.0, name='deco')"
 
 
-@pytest.mark.parametrize("bad", [0, -1, "5", True, float("nan")])
+async def test_an_object_with_an_async_call_is_cancelled_not_abandoned(clock: FakeClock) -> None:
+    class Provider:
+        async def __call__(self) -> None:
+            await clock.sleep(10)
+
+    limited = Timeout(1, clock=clock, name="provider")(Provider())
+    assert asyncio.iscoroutinefunction(limited)
+    task = asyncio.create_task(limited())
+    await clock.wait_for_sleepers(1)
+    clock.advance(1)
+    with pytest.raises(CallTimeoutError) as info:
+        await task
+    assert (info.value.name, info.value.timeout) == ("provider", 1)
+
+
+@pytest.mark.parametrize("bad", [0, -1, "5", True, float("nan"), float("inf"), None])
 def test_invalid_timeouts_are_refused(bad: object) -> None:
     with pytest.raises(ConfigurationError, match="seconds > 0"):
         Timeout(bad)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ is re-raised as it was, with a note saying how many attempts were made.
     ├── RejectedError               the call was refused before it ran: nothing happened
     │   ├── CircuitOpenError        the callee is failing; retry_after says when to try again
     │   ├── RateLimitError          over a rate limit; retry_after, limit, remaining
+│   ├── RequestTooLargeError    one call costs more than a limit allows per window: never fits
     │   ├── BulkheadFullError       too many calls in flight and in the queue
     │   └── ShuttingDownError       the process is draining and admits no new runs
     └── CallTimeoutError            (also TimeoutError) an attempt or the whole call ran too long
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigurationError",
     "RateLimitError",
     "RejectedError",
+    "RequestTooLargeError",
     "ShuttingDownError",
     "summarize",
 ]
@@ -112,6 +114,31 @@ class RateLimitError(RejectedError):
         )
 
 
+class RequestTooLargeError(RejectedError):
+    """One call costs more than a limit allows in a whole window, so it can never be admitted.
+
+    Waiting cannot help, unlike a :class:`RateLimitError`: the call must be
+    made smaller (split the input) or the limit raised. ``unit`` is
+    ``"requests"`` or ``"tokens"``; ``cost`` and ``limit`` are in that unit.
+    """
+
+    http_status = 413
+
+    def __init__(self, key: str, *, cost: float, limit: float, unit: str) -> None:
+        self.key = key
+        self.cost = cost
+        self.limit = limit
+        self.unit = unit
+        if unit == "tokens":
+            option, fix = "max_tpm", "split the input into smaller calls or raise max_tpm"
+        else:
+            option, fix = "max_rpm", "raise max_rpm"
+        super().__init__(
+            f"a call costing {cost:g} {unit} can never fit under {option}={limit:g} for key "
+            f"{key!r}, however long it waits; {fix}"
+        )
+
+
 class BulkheadFullError(RejectedError):
     """Every concurrency slot is busy and the waiting queue is full (or the wait ran out)."""
 
@@ -140,22 +167,32 @@ class ShuttingDownError(RejectedError):
 
 
 class CallTimeoutError(BastionError, TimeoutError):
-    """A call ran longer than its timeout and was cancelled.
+    """A call ran longer than its timeout.
 
     ``scope`` is ``"attempt"`` for the per-attempt limit (the next retry may
     still succeed) or ``"total"`` for the limit over every attempt.
+    ``cancelled`` is false for sync callees, which Python cannot stop: the
+    caller stopped waiting while the call finishes in a background thread;
+    None when nothing was running (the deadline fell between attempts).
     """
 
     http_status = 504
     transient = True
 
-    def __init__(self, name: str, *, timeout: float, scope: str = "attempt") -> None:
+    def __init__(
+        self, name: str, *, timeout: float, scope: str = "attempt", cancelled: bool | None = True
+    ) -> None:
         self.name = name
         self.timeout = timeout
         self.scope = scope
-        super().__init__(
-            f"{name!r} timed out after {timeout:g}s ({scope} timeout) and was cancelled"
-        )
+        self.cancelled = cancelled
+        if cancelled is None:
+            fate = ""
+        elif cancelled:
+            fate = " and was cancelled"
+        else:
+            fate = "; stopped waiting (a sync call cannot be cancelled, it ends in the background)"
+        super().__init__(f"{name!r} timed out after {timeout:g}s ({scope} timeout){fate}")
 
 
 def summarize(exc: BaseException, *, limit: int = 200) -> str:

@@ -18,12 +18,18 @@ from bastion.resilience._breaker import (
     CircuitMetrics,
     CircuitState,
     Permit,
+    counts_against_callee,
 )
 from bastion.resilience._bulkhead import Bulkhead, BulkheadConfig
 from bastion.resilience._classify import TRANSIENT_STATUSES, is_client_error, is_transient
 from bastion.resilience._fallback import Fallback, FallbackResult, SkippedAlternative
 from bastion.resilience._health import HealthConfig, HealthReport, HealthStatus
-from bastion.resilience._ratelimit import RateLimitConfig, RateLimitDecision, RateLimiter
+from bastion.resilience._ratelimit import (
+    RateLimitConfig,
+    RateLimitDecision,
+    RateLimiter,
+    estimate_tokens,
+)
 from bastion.resilience._registry import CircuitBreakerRegistry
 from bastion.resilience._retry import Retry, RetryConfig, RetryState, retry
 from bastion.resilience._retry_budget import RetryBudget
@@ -61,6 +67,8 @@ __all__ = [
     "SkippedAlternative",
     "SlidingWindowLog",
     "Timeout",
+    "counts_against_callee",
+    "estimate_tokens",
     "is_client_error",
     "is_transient",
     "resilient",

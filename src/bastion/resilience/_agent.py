@@ -150,22 +150,52 @@ class ResilientAgent(Generic[T]):
 
     async def run(self, input: Any, /, **kwargs: Any) -> T:
         """Run the wrapped agent through the pipeline and return its answer."""
-        return (await self.run_detailed(input, **kwargs)).value
+        return await self._run_value((input,), kwargs)
 
     async def run_detailed(self, input: Any, /, **kwargs: Any) -> FallbackResult[T]:
         """Like :meth:`run`, but say who served the answer and who was skipped on the way."""
         return await self._run((input,), kwargs)
 
     def run_sync(self, input: Any, /, **kwargs: Any) -> T:
-        """Blocking :meth:`run`; for a sync callee the whole pipeline runs in this thread."""
+        """Blocking :meth:`run`.
+
+        For a sync callee the pipeline runs in the calling thread; with a
+        per-attempt timeout each attempt runs in a worker thread of its own so
+        the caller can stop waiting (pass ``call_timeout=None`` to keep the
+        callee in this thread). For an async callee this runs its own event
+        loop, so it cannot be called from inside one.
+        """
         return self._run_sync((input,), kwargs).value
+
+    def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            watch_sigterm(self, timeout=self._shutdown_timeout)
+
+    async def _run_value(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        pipeline = self._pipeline
+        if pipeline.fallback is not None:
+            return (await self._run(args, kwargs)).value
+        if self._graceful:
+            self._watch()
+        call = self._target.bind_async(args, kwargs)
+        health = self._health
+        if health is None:
+            return await pipeline.run_value(call, args, kwargs)
+        monotonic = pipeline.clock.monotonic
+        started = monotonic()
+        try:
+            value: T = await pipeline.run_value(call, args, kwargs)
+        except Exception as exc:
+            health.record(monotonic() - started, exc)
+            raise
+        health.record(monotonic() - started)
+        return value
 
     async def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FallbackResult[T]:
         if self._graceful:
-            loop = asyncio.get_running_loop()
-            if loop is not self._loop:
-                self._loop = loop
-                watch_sigterm(self, timeout=self._shutdown_timeout)
+            self._watch()
         pipeline = self._pipeline
         call = self._target.bind_async(args, kwargs)
         health = self._health
@@ -178,7 +208,7 @@ class ResilientAgent(Generic[T]):
         except Exception as exc:
             health.record(monotonic() - started, exc)
             raise
-        health.record(monotonic() - started, None, fallback=result.degraded)
+        _record_served(health, monotonic() - started, result)
         return result
 
     def _run_sync(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> FallbackResult[T]:
@@ -193,6 +223,7 @@ class ResilientAgent(Generic[T]):
             )
             raise ConfigurationError(msg)
         pipeline = self._pipeline
+        _check_sync_fallback(pipeline.fallback, self.name)
         call = self._target.bind_sync(args, kwargs)
         health = self._health
         if health is None:
@@ -204,7 +235,7 @@ class ResilientAgent(Generic[T]):
         except Exception as exc:
             health.record(monotonic() - started, exc)
             raise
-        health.record(monotonic() - started, None, fallback=result.degraded)
+        _record_served(health, monotonic() - started, result)
         return result
 
     def health(self) -> HealthReport:
@@ -277,10 +308,11 @@ def resilient(
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return (await agent._run(args, kwargs)).value
+                return await agent._run_value(args, kwargs)
 
             wrapper: Any = async_wrapper
         else:
+            _check_sync_fallback(agent.fallback, agent.name)
 
             @functools.wraps(fn)
             def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
@@ -291,6 +323,24 @@ def resilient(
         return cast(ResilientCallable[P, T], wrapper)
 
     return decorate
+
+
+def _record_served(health: HealthTracker, duration: float, result: FallbackResult[Any]) -> None:
+    """Count a served run; when a backup served, the primary's failure still counts as recent."""
+    primary_error = result.skipped[0].error if result.degraded and result.skipped else None
+    health.record(duration, None, fallback=result.degraded, primary_error=primary_error)
+
+
+def _check_sync_fallback(fallback: Fallback | None, name: str) -> None:
+    if fallback is None:
+        return
+    async_backups = [t.name for t in fallback.targets if t.is_async]
+    if async_backups:
+        msg = (
+            f"{name!r} runs sync, but its fallback(s) {async_backups} are async and cannot "
+            "be called from the sync API; use `await agent.run(...)` or sync fallbacks"
+        )
+        raise ConfigurationError(msg)
 
 
 def _check_options(options: ResilienceOptions) -> None:
@@ -353,6 +403,9 @@ def _build(wrapped: object, target: Target, options: ResilienceOptions) -> Resil
         raise ConfigurationError(msg)
 
     shutdown_timeout = check_timeout(options.get("shutdown_timeout", 30.0), "shutdown_timeout")
+    if shutdown_timeout is None:
+        msg = "shutdown_timeout must be a number of seconds > 0: a drain needs a bound; got None"
+        raise ConfigurationError(msg)
     pipeline = Pipeline(
         name=name,
         gate=ShutdownGate(name, clock=clock, bus=bus),
@@ -372,7 +425,7 @@ def _build(wrapped: object, target: Target, options: ResilienceOptions) -> Resil
         pipeline=pipeline,
         health=health,
         graceful_shutdown=bool(options.get("graceful_shutdown", True)),
-        shutdown_timeout=shutdown_timeout or 30.0,
+        shutdown_timeout=shutdown_timeout,
     )
 
 

@@ -32,8 +32,9 @@ operator reset) is ignored instead of re-tripping or closing the breaker.
 All state lives behind one ``threading.Lock`` that is never held across an
 ``await`` or a call into user code; the breaker is safe to share between
 threads and tasks. While closed, :meth:`~CircuitBreaker.acquire` takes no lock
-at all. Transition events are delivered after the lock is released, in the
-order the transitions happened, to the event bus and to listeners.
+at all. Transition events are delivered with no lock held, in the order the
+transitions happened, to the event bus and to listeners; a slow listener
+holds up only the thread delivering to it, never another thread's calls.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from __future__ import annotations
 import collections
 import enum
 import functools
-import inspect
 import logging
 import math
 import threading
@@ -50,9 +50,23 @@ from dataclasses import dataclass
 from typing import Any, Literal, NewType, ParamSpec, TypeVar, overload
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
-from bastion._core.errors import CircuitOpenError, ConfigurationError, RejectedError
+from bastion._core.errors import CircuitOpenError, RejectedError
 from bastion._core.events import CallRejected, CircuitStateChanged, EventBus, default_bus
+from bastion._core.validate import (
+    at_least,
+    awaitable_returned,
+    callable_or_none,
+    instance_of,
+    invalid,
+    one_of,
+    optional_fraction,
+    optional_positive_number,
+    optional_whole_number,
+    positive_number,
+    whole_number,
+)
 from bastion.resilience._classify import is_client_error
+from bastion.resilience._invoke import is_async_callable
 from bastion.resilience._timeout import call_with_timeout, call_with_timeout_sync, check_timeout
 from bastion.resilience._windows import (
     FAILURE,
@@ -119,40 +133,10 @@ def counts_against_callee(exc: BaseException) -> bool:
     return not isinstance(exc, RejectedError) and not is_client_error(exc)
 
 
-def _bad(option: str, value: object, want: str) -> ConfigurationError:
-    return ConfigurationError(f"CircuitBreakerConfig.{option} must be {want}; got {value!r}")
-
-
-def _number(value: object) -> float | None:
-    """``value`` as a float if it is a real number (bools are not), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _check_count(value: object, option: str, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        want = "an int >= 1" + (", or None to turn the rule off" if optional else "")
-        raise _bad(option, value, want)
-
-
-def _check_rate(value: object, option: str) -> None:
-    if value is None:
-        return
-    number = _number(value)
-    if number is None or not 0 < number <= 1:
-        raise _bad(option, value, "a fraction in (0, 1] such as 0.5, or None to turn the rule off")
-
-
-def _check_seconds(value: object, option: str, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    number = _number(value)
-    if number is None or not (number > 0 and math.isfinite(number)):
-        want = "a finite number of seconds > 0" + (", or None" if optional else "")
-        raise _bad(option, value, want)
+_OPTION = "CircuitBreakerConfig."
+_RULE_OFF = "to turn the rule off"
+_COUNT_WINDOW = 'calls, for window_type="count"'
+_TIME_WINDOW = 'for window_type="time"'
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,65 +177,64 @@ class CircuitBreakerConfig:
     """Per-attempt time limit of calls made through :meth:`CircuitBreaker.call`; None: none."""
 
     def __post_init__(self) -> None:
-        _check_count(self.failure_threshold, "failure_threshold", optional=True)
-        _check_rate(self.failure_rate_threshold, "failure_rate_threshold")
-        _check_rate(self.slow_call_rate_threshold, "slow_call_rate_threshold")
-        _check_seconds(self.slow_call_duration, "slow_call_duration", optional=True)
-        if self.window_type not in ("count", "time"):
-            raise _bad("window_type", self.window_type, '"count" or "time"')
-        _check_seconds(self.window_size, "window_size")
-        if self.window_type == "count" and not float(self.window_size).is_integer():
-            raise _bad(
-                "window_size", self.window_size, 'a whole number of calls for window_type="count"'
-            )
-        _check_count(self.minimum_calls, "minimum_calls")
-        _check_seconds(self.reset_timeout, "reset_timeout")
-        _check_seconds(self.max_reset_timeout, "max_reset_timeout")
+        optional_whole_number(self.failure_threshold, _OPTION + "failure_threshold", none=_RULE_OFF)
+        for rate in ("failure_rate_threshold", "slow_call_rate_threshold"):
+            optional_fraction(getattr(self, rate), _OPTION + rate, none=_RULE_OFF, hint="e.g. 0.5")
+        optional_positive_number(
+            self.slow_call_duration,
+            _OPTION + "slow_call_duration",
+            unit="seconds",
+            none="to count no call as slow",
+        )
+        one_of(self.window_type, _OPTION + "window_type", ("count", "time"))
+        size = self.window_size
+        if self.window_type == "time":
+            positive_number(size, _OPTION + "window_size", unit="seconds", hint=_TIME_WINDOW)
+        elif not (isinstance(size, float) and size.is_integer() and size >= 1):
+            whole_number(size, _OPTION + "window_size", hint=_COUNT_WINDOW)
+        whole_number(self.minimum_calls, _OPTION + "minimum_calls")
+        positive_number(self.reset_timeout, _OPTION + "reset_timeout", unit="seconds")
+        positive_number(self.max_reset_timeout, _OPTION + "max_reset_timeout", unit="seconds")
+        at_least(self.reset_backoff, _OPTION + "reset_backoff", 1, hint="1 keeps the wait constant")
         self._check_relations()
-        if self.record_failure is not None and not callable(self.record_failure):
-            raise _bad("record_failure", self.record_failure, "a callable(exc) -> bool, or None")
-        _check_count(self.half_open_max_calls, "half_open_max_calls")
-        _check_count(self.success_threshold, "success_threshold")
-        check_timeout(self.call_timeout, "CircuitBreakerConfig.call_timeout")
+        callable_or_none(
+            self.record_failure, _OPTION + "record_failure", what="a callable(exc) -> bool"
+        )
+        whole_number(self.half_open_max_calls, _OPTION + "half_open_max_calls")
+        whole_number(self.success_threshold, _OPTION + "success_threshold")
+        check_timeout(self.call_timeout, _OPTION + "call_timeout")
 
     def _check_relations(self) -> None:
-        backoff = _number(self.reset_backoff)
-        if backoff is None or not (backoff >= 1 and math.isfinite(backoff)):
-            raise _bad(
-                "reset_backoff",
-                self.reset_backoff,
-                "a finite number >= 1 (1 keeps the wait constant)",
-            )
         if self.max_reset_timeout < self.reset_timeout:
-            raise _bad(
-                "max_reset_timeout",
-                self.max_reset_timeout,
+            invalid(
+                _OPTION + "max_reset_timeout",
                 f">= reset_timeout ({self.reset_timeout!r}); raise it or lower reset_timeout",
+                self.max_reset_timeout,
             )
         if self.slow_call_rate_threshold is not None and self.slow_call_duration is None:
-            raise _bad(
-                "slow_call_duration",
-                None,
+            invalid(
+                _OPTION + "slow_call_duration",
                 "set when slow_call_rate_threshold is set (which calls count as slow?)",
+                None,
             )
         rate_rules = (self.failure_rate_threshold, self.slow_call_rate_threshold)
         if self.failure_threshold is None and rate_rules == (None, None):
-            raise _bad(
-                "failure_threshold",
-                None,
+            invalid(
+                _OPTION + "failure_threshold",
                 "set, or one of failure_rate_threshold / slow_call_rate_threshold set: with no "
                 "rule the breaker could never open (use breaker.disable() to switch it off)",
+                None,
             )
         if (
             self.window_type == "count"
             and rate_rules != (None, None)
             and self.minimum_calls > self.window_size
         ):
-            raise _bad(
-                "minimum_calls",
-                self.minimum_calls,
+            invalid(
+                _OPTION + "minimum_calls",
                 f"<= window_size ({self.window_size!r}) for a count window, or the rate rules "
                 "could never fire",
+                self.minimum_calls,
             )
 
 
@@ -291,7 +274,7 @@ class CircuitBreaker:
         "_call_timeout",
         "_consecutive",
         "_consecutive_opens",
-        "_emit_lock",
+        "_draining",
         "_failure_rate",
         "_failure_threshold",
         "_fast",
@@ -328,13 +311,13 @@ class CircuitBreaker:
         clock: Clock = SYSTEM_CLOCK,
         bus: EventBus | None = None,
     ) -> None:
-        cfg = config if config is not None else CircuitBreakerConfig()
+        cfg = instance_of(config, CircuitBreakerConfig, "CircuitBreaker.config")
         self.config = cfg
         self.name = name
         self.clock = clock
         self._bus = bus
         self._lock = threading.Lock()
-        self._emit_lock = threading.RLock()
+        self._draining = False
         self._pending: collections.deque[CircuitStateChanged] = collections.deque()
         self._listeners: tuple[Listener, ...] = ()
         # Config read on every call, copied to plain attributes once.
@@ -628,21 +611,32 @@ class CircuitBreaker:
             )
 
     def _deliver(self) -> None:
-        """Hand queued transitions to the bus and listeners, oldest first, outside ``_lock``.
+        """Hand queued transitions to the bus and listeners, oldest first, holding no lock.
 
-        One thread delivers at a time, so events arrive in transition order; a
-        listener that changes the breaker delivers its own event before returning.
+        One thread at a time drains the queue (whoever finds ``_draining``
+        unset), so events arrive in transition order; every other thread
+        returns at once and never waits on a slow listener -- the drainer
+        delivers what they queued. A listener that changes the breaker queues
+        its event, which is delivered when that listener returns. Checking
+        for an empty queue and giving up the drainer's role happen together
+        under ``_lock``, where transitions are queued, so no event is stranded.
         """
         bus = self._bus if self._bus is not None else default_bus()
-        with self._emit_lock:
-            pending = self._pending
-            while pending:
-                try:
+        pending = self._pending
+        with self._lock:
+            if self._draining:
+                return
+            self._draining = True
+        try:
+            while True:
+                with self._lock:
+                    if not pending:
+                        self._draining = False
+                        return
                     event = pending.popleft()
-                except IndexError:  # pragma: no cover - emptied by a nested delivery
-                    return
+                    listeners = self._listeners
                 bus.emit(event)
-                for listener in self._listeners:
+                for listener in listeners:
                     try:
                         listener(event)
                     except Exception:
@@ -653,6 +647,10 @@ class CircuitBreaker:
                             event.from_state,
                             event.to_state,
                         )
+        except BaseException:
+            with self._lock:
+                self._draining = False
+            raise
 
     # -- shells -------------------------------------------------------------------------------
 
@@ -697,6 +695,11 @@ class CircuitBreaker:
         except BaseException:
             self.release(permit)
             raise
+        if hasattr(result, "__await__"):
+            self.release(permit)
+            raise awaitable_returned(
+                result, "CircuitBreaker.call_sync", instead="await breaker.call(...)"
+            )
         self.record_success(permit, clock.monotonic() - start)
         return result
 
@@ -705,7 +708,7 @@ class CircuitBreaker:
     @overload
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any], /) -> Callable[P, Any]:
-        if inspect.iscoroutinefunction(fn):
+        if is_async_callable(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
-import math
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -33,8 +31,10 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock, SystemClock
-from bastion._core.errors import BulkheadFullError, ConfigurationError
+from bastion._core.errors import BulkheadFullError
 from bastion._core.events import CallRejected, EventBus, default_bus
+from bastion._core.validate import awaitable_returned, instance_of, positive_number, whole_number
+from bastion.resilience._invoke import is_async_callable
 
 __all__ = ["Bulkhead", "BulkheadConfig"]
 
@@ -55,18 +55,19 @@ class BulkheadConfig:
     max_wait: float = 5.0
 
     def __post_init__(self) -> None:
-        for option, low in (("max_concurrent", 1), ("max_queued", 0)):
-            value = getattr(self, option)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                msg = f"BulkheadConfig({option}) must be a whole number >= {low}; got {value!r}"
-                raise ConfigurationError(msg)
-        wait = self.max_wait
-        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 < wait < math.inf:
-            msg = (
-                f"BulkheadConfig(max_wait) must be a finite number of seconds > 0; got {wait!r} "
-                "(use max_queued=0 to refuse at once instead of waiting)"
-            )
-            raise ConfigurationError(msg)
+        whole_number(self.max_concurrent, "BulkheadConfig.max_concurrent")
+        whole_number(
+            self.max_queued,
+            "BulkheadConfig.max_queued",
+            minimum=0,
+            hint="0 refuses at once when every slot is busy",
+        )
+        positive_number(
+            self.max_wait,
+            "BulkheadConfig.max_wait",
+            unit="seconds",
+            hint="use max_queued=0 to refuse at once instead of waiting",
+        )
 
 
 class _Waiter:
@@ -166,7 +167,7 @@ class Bulkhead:
         clock: Clock = SYSTEM_CLOCK,
         bus: EventBus | None = None,
     ) -> None:
-        self.config = config if config is not None else BulkheadConfig()
+        self.config = instance_of(config, BulkheadConfig, "Bulkhead.config")
         self.name = name
         self.clock = clock
         self._bus = bus
@@ -272,16 +273,21 @@ class Bulkhead:
         """Run ``fn(*args, **kwargs)`` while holding a slot."""
         self.acquire_sync()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         finally:
             self.release()
+        if hasattr(result, "__await__"):
+            raise awaitable_returned(
+                result, "Bulkhead.call_sync", instead="await bulkhead.call(...)"
+            )
+        return result
 
     @overload
     def __call__(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]: ...
     @overload
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any], /) -> Callable[P, Any]:
-        if inspect.iscoroutinefunction(fn):
+        if is_async_callable(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:

@@ -6,19 +6,29 @@ library raised it: Bastion's own errors, an SDK's ``APIStatusError`` with a
 plain ``ConnectionError``. The rules live here once.
 
 Transient (worth retrying): connection errors, timeouts, and HTTP statuses 408,
-409, 429, 500, 502, 503, 504 and 529. Everything else -- other 4xx, validation
-and programming errors, unknown exceptions -- is not retried unless a
-``retry_on=`` predicate says so.
+409, 429, 500, 502, 503, 504 and 529. Connection errors include socket-level
+``OSError``s with a network errno (reset, refused, unreachable, DNS failure)
+and the transport errors of the common HTTP clients (aiohttp, httpx,
+httpcore, requests, urllib3), recognised by class name so none of them has to
+be installed. Everything else -- other 4xx, validation and programming errors,
+unknown exceptions -- is not retried unless a ``retry_on=`` predicate says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import math
+import socket
 from typing import Any
 
-from bastion._core.errors import BastionError, ConfigurationError, RejectedError
+from bastion._core.errors import (
+    BastionError,
+    ConfigurationError,
+    RejectedError,
+    RequestTooLargeError,
+)
 
 __all__ = [
     "TRANSIENT_STATUSES",
@@ -46,6 +56,53 @@ _NEVER_TRANSIENT = (
 )
 
 
+_NETWORK_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNRESET",
+        "ECONNREFUSED",
+        "ECONNABORTED",
+        "EPIPE",
+        "ETIMEDOUT",
+        "EHOSTUNREACH",
+        "EHOSTDOWN",
+        "ENETUNREACH",
+        "ENETDOWN",
+        "ENETRESET",
+    )
+    if hasattr(errno, name)
+)
+
+# Transport failures of HTTP clients, by the module they come from and their class name.
+_CLIENT_TRANSPORT_ERRORS = {
+    "aiohttp": frozenset(
+        {
+            "ClientConnectionError",
+            "ClientPayloadError",
+            "ServerTimeoutError",
+            "ConnectionTimeoutError",
+            "SocketTimeoutError",
+        }
+    ),
+    "httpx": frozenset({"TransportError", "TimeoutException"}),
+    "httpcore": frozenset({"NetworkError", "TimeoutException", "RemoteProtocolError"}),
+    "requests": frozenset({"ConnectionError", "Timeout", "ChunkedEncodingError"}),
+    "urllib3": frozenset({"ProtocolError", "NewConnectionError", "TimeoutError"}),
+}
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    if isinstance(exc, socket.gaierror):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
+        return True
+    for cls in type(exc).__mro__:
+        names = _CLIENT_TRANSPORT_ERRORS.get(cls.__module__.partition(".")[0])
+        if names is not None and cls.__name__ in names:
+            return True
+    return False
+
+
 def status_of(exc: BaseException) -> int | None:
     """The HTTP status an exception carries, if any (``status_code``, ``status``, ``response``)."""
     for holder in (exc, getattr(exc, "response", None)):
@@ -71,7 +128,9 @@ def is_transient(exc: BaseException) -> bool:
     status = status_of(exc)
     if status is not None:
         return status in TRANSIENT_STATUSES
-    return isinstance(exc, TimeoutError | asyncio.TimeoutError | ConnectionError)
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError | ConnectionError):
+        return True
+    return _is_transport_error(exc)
 
 
 def is_client_error(exc: BaseException) -> bool:
@@ -84,7 +143,7 @@ def is_client_error(exc: BaseException) -> bool:
     if status is not None:
         return 400 <= status < 500 and status not in (408, 429)
     if isinstance(exc, BastionError):
-        return isinstance(exc, ConfigurationError)
+        return isinstance(exc, ConfigurationError | RequestTooLargeError)
     return isinstance(exc, _NEVER_TRANSIENT)
 
 

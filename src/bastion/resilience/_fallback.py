@@ -8,9 +8,11 @@ enough to run a service: an operator needs to see that the backup is carrying
 the traffic.
 
 Which failures move on to the next alternative is a predicate,
-``fallback_on``. By default every failure does, except the caller's own
+``fallback_on``. By default every failure does, except two. The caller's own
 mistakes (a 400/404/422 or a ``ValueError``): the next alternative would get
 the same bad input, and the caller deserves that error, not a degraded answer.
+And an admission refusal (:class:`RateLimitError`): a caller over its limit
+must be told so, not served by backups that have no limit.
 
 When everything failed and there is no static answer, the *first* error --
 the primary's, usually the most telling -- is re-raised unchanged, with a note
@@ -23,7 +25,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from bastion._core.errors import ConfigurationError, ShuttingDownError, summarize
+from bastion._core.errors import (
+    ConfigurationError,
+    RateLimitError,
+    ShuttingDownError,
+    summarize,
+)
 from bastion._core.events import EventBus, FallbackUsed, default_bus
 from bastion.resilience._classify import is_client_error
 from bastion.resilience._invoke import Target, resolve_target
@@ -60,7 +67,7 @@ class FallbackResult(Generic[T]):
 
 
 def _default_fallback_on(exc: BaseException) -> bool:
-    return not is_client_error(exc) and not isinstance(exc, ShuttingDownError)
+    return not is_client_error(exc) and not isinstance(exc, ShuttingDownError | RateLimitError)
 
 
 class Fallback:

@@ -12,10 +12,13 @@ status by these rules, first match wins:
 3. ``healthy`` otherwise.
 
 A run served by a fallback counts as a success that was degraded
-(``fallback_runs``). A run refused before it started (rate limit, full
-bulkhead, open circuit, draining) counts in ``total_rejected``, not as a
-failure of the agent: the agent did nothing wrong. Latency percentiles come
-from the last ``latency_samples`` (default 1024) runs.
+(``fallback_runs``), and the primary's failure behind it counts in the recent
+failure rate and ``last_error``: a primary that is down makes the agent
+``degraded`` even while backups answer every request. A run refused before
+it started (rate limit, full bulkhead, open circuit, draining) counts in
+``total_rejected``, not as a failure of the agent: the agent did nothing
+wrong. Latency percentiles come from the last ``latency_samples`` (default
+1024) runs.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
-from bastion._core.errors import ConfigurationError, RejectedError, summarize
+from bastion._core.errors import RejectedError, summarize
+from bastion._core.validate import fraction, invalid, whole_number
 
 __all__ = ["HealthConfig", "HealthReport", "HealthStatus", "HealthTracker"]
 
@@ -50,20 +54,14 @@ class HealthConfig:
 
     def __post_init__(self) -> None:
         for option in ("recent_runs", "min_runs", "latency_samples"):
-            value = getattr(self, option)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                msg = f"HealthConfig.{option} must be an integer >= 1, got {value!r}"
-                raise ConfigurationError(msg)
-        rate = self.degraded_failure_rate
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
-            msg = f"HealthConfig.degraded_failure_rate must be in (0, 1], got {rate!r}"
-            raise ConfigurationError(msg)
+            whole_number(getattr(self, option), f"HealthConfig.{option}")
+        fraction(self.degraded_failure_rate, "HealthConfig.degraded_failure_rate", hint="e.g. 0.25")
         if self.min_runs > self.recent_runs:
-            msg = (
-                f"HealthConfig.min_runs ({self.min_runs}) cannot exceed recent_runs "
-                f"({self.recent_runs}): the rule could never fire"
+            invalid(
+                "HealthConfig.min_runs",
+                f"<= recent_runs ({self.recent_runs}), or the rule could never fire",
+                self.min_runs,
             )
-            raise ConfigurationError(msg)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,9 +112,21 @@ class HealthTracker:
         self._last_run_at: float | None = None
 
     def record(
-        self, duration: float, error: BaseException | None = None, *, fallback: bool = False
+        self,
+        duration: float,
+        error: BaseException | None = None,
+        *,
+        fallback: bool = False,
+        primary_error: BaseException | None = None,
     ) -> None:
-        """Count one finished run (``error`` None means it succeeded)."""
+        """Count one finished run.
+
+        ``error`` None means it succeeded. When a backup served it
+        (``fallback=True``), ``primary_error`` is why the primary did not: the
+        run succeeded, but the primary's failure still counts in the recent
+        failure rate and ``last_error``, so a primary that is down shows as
+        ``degraded`` even while every answer arrives.
+        """
         now = self._clock.time()
         with self._lock:
             self._last_run_at = now
@@ -126,14 +136,16 @@ class HealthTracker:
             self._runs += 1
             self._latency_total += duration
             self._latencies.append(duration)
+            failure = error if error is not None else primary_error
             recent = self._recent
             if len(recent) == recent.maxlen and recent[0]:
                 self._recent_failures -= 1
-            recent.append(error is not None)
+            recent.append(failure is not None)
+            if failure is not None:
+                self._recent_failures += 1
+                self._last_error = summarize(failure)
             if error is not None:
                 self._failures += 1
-                self._recent_failures += 1
-                self._last_error = summarize(error)
             elif fallback:
                 self._fallbacks += 1
 

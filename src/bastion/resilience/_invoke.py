@@ -6,23 +6,24 @@ those into one shape -- a function of ``(*args, **kwargs)`` that returns an
 awaitable -- once, when the wrapper is built, so the per-call path never asks
 again what kind of thing it is calling.
 
-Sync work called from async code runs in the event loop's default executor,
-so a blocking agent never stalls the loop; the caller's context variables go
-with it.
+Sync work called from async code runs in a worker thread of its own (see
+the threads module), so a blocking agent never stalls the loop and never
+waits for a worker behind hung calls; the caller's context variables go with
+it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bastion._core.errors import ConfigurationError
+from bastion.resilience._threads import start_in_thread
 
-__all__ = ["Target", "describe", "resolve_target"]
+__all__ = ["Target", "describe", "is_async_callable", "resolve_target"]
 
 
 class Target:
@@ -60,9 +61,7 @@ class Target:
 
 
 async def _in_executor(call: Callable[[], Any]) -> Any:
-    loop = asyncio.get_running_loop()
-    ctx = contextvars.copy_context()
-    result = await loop.run_in_executor(None, ctx.run, call)
+    result = await asyncio.wrap_future(start_in_thread(call, name="run"))
     if inspect.isawaitable(result):
         return await result
     return result
@@ -79,7 +78,9 @@ def describe(target: object) -> str:
     return type(target).__name__
 
 
-def _is_async_callable(fn: object) -> bool:
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` returns a coroutine: an ``async def`` function, or an object
+    whose class defines ``async def __call__``."""
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(type(fn), "__call__", None)  # noqa: B004 - we want the class's __call__
@@ -88,11 +89,17 @@ def _is_async_callable(fn: object) -> bool:
 
 def resolve_target(target: object, *, name: str | None = None) -> Target:
     """Decide once how ``target`` is called; refuse things that cannot be called at all."""
+    if isinstance(target, type):
+        msg = (
+            f"cannot wrap the class {target.__name__}: pass an instance, "
+            f"e.g. with_resilience({target.__name__}(...))"
+        )
+        raise ConfigurationError(msg)
     run = getattr(target, "run", None)
     if run is not None and callable(run) and not inspect.isfunction(target):
-        return Target(run, is_async=_is_async_callable(run), name=name or describe(target))
+        return Target(run, is_async=is_async_callable(run), name=name or describe(target))
     if callable(target):
-        return Target(target, is_async=_is_async_callable(target), name=name or describe(target))
+        return Target(target, is_async=is_async_callable(target), name=name or describe(target))
     msg = (
         f"cannot wrap {target!r}: pass an object with a run(input, **kwargs) method "
         "(sync or async) or a callable"

@@ -5,7 +5,7 @@ Outermost first::
     shutdown gate      refuse new runs while draining
     fallback           serve from a backup when everything below failed
     rate limit         admission: refuse (or briefly delay) callers over their limit
-    total timeout      bound the whole call, all attempts included (off unless set)
+    total timeout      a deadline over all attempts and backoffs (off unless set)
     retry              try again on transient failures, with backoff and a budget
     circuit breaker    fail fast while the callee is failing; count each attempt
     bulkhead           cap the attempts in flight
@@ -20,18 +20,32 @@ circuit stops the retries at once (it is not transient). The bulkhead is
 inside the breaker so a call refused by an open circuit never takes a slot,
 and the timeout is innermost so it bounds only the callee's own time.
 
+The total timeout is a deadline, not a second timer: each attempt gets
+``min(call_timeout, time left)``, and a backoff that would end past the
+deadline ends the run at once with ``CallTimeoutError(scope="total")``. An
+attempt cut short by the deadline gives its breaker permit back without a
+verdict -- the callee was not too slow by its own limit. The same rules hold
+for sync callees, whose retry loop stays in the caller's thread.
+
+When an attempt is refused by a local guard (the circuit opened during the
+retries, the bulkhead filled) after an earlier attempt really failed, the
+earlier failure is what the caller gets -- with a note naming the refusal --
+because it says what went wrong with the callee.
+
 No other module composes strategies; call sites ask a :class:`Pipeline` to
 run a call. The sync twin follows the same order with the sync shells.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
-from bastion._core.events import EventBus
-from bastion.resilience._breaker import CircuitBreaker
+from bastion._core.errors import CallTimeoutError, RejectedError
+from bastion._core.events import CallTimedOut, EventBus, default_bus
+from bastion.resilience._breaker import CircuitBreaker, Permit
 from bastion.resilience._bulkhead import Bulkhead
 from bastion.resilience._fallback import Fallback, FallbackResult
 from bastion.resilience._ratelimit import RateLimitConfig, RateLimiter
@@ -91,12 +105,11 @@ class Pipeline:
         self._limit_config: RateLimitConfig | None = limiter.config if limiter is not None else None
 
     def _admission(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, float]:
-        """The key and token cost of a run; ``key``/``tokens`` see its first argument and kwargs."""
+        """The key and token cost of a run; ``key``/``tokens`` get the run's own arguments."""
         config = self._limit_config
         assert config is not None
-        first = args[0] if args else None
-        key = config.key_for(first, **kwargs)
-        tokens = config.tokens_for(first, **kwargs) if config.max_tpm is not None else 0.0
+        key = config.key_for(*args, **kwargs)
+        tokens = config.tokens_for(*args, **kwargs) if config.max_tpm is not None else 0.0
         return key, tokens
 
     # -- async -------------------------------------------------------------------------------
@@ -109,55 +122,72 @@ class Pipeline:
         task = gate.enter()
         try:
             if self.fallback is None:
-                return FallbackResult(await self._admitted(call, args, kwargs), self.name, 0)
+                return FallbackResult(await self._admitted(call, args, kwargs, task), self.name, 0)
             return await self.fallback.serve(
-                lambda: self._admitted(call, args, kwargs), self.name, args, kwargs
+                lambda: self._admitted(call, args, kwargs, task), self.name, args, kwargs
             )
         finally:
             gate.exit(task)
 
-    async def _admitted(
+    async def run_value(
         self, call: Callable[[], Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        """:meth:`run` for a pipeline without fallback: just the value, nothing to report."""
+        gate = self.gate
+        task = gate.enter()
+        try:
+            return await self._admitted(call, args, kwargs, task)
+        finally:
+            gate.exit(task)
+
+    async def _admitted(
+        self,
+        call: Callable[[], Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task: asyncio.Task[Any] | None,
     ) -> T:
         limiter = self.limiter
         if limiter is not None:
             key, tokens = self._admission(args, kwargs)
             await limiter.acquire(key, tokens=tokens)
-        if self.total_timeout is None:
-            return await self._retried(call)
-        return await call_with_timeout(
-            lambda: self._retried(call),
-            self.total_timeout,
-            name=self.name,
-            clock=self.clock,
-            scope="total",
-            bus=self.bus,
-        )
-
-    async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
+        total = self.total_timeout
+        deadline = None if total is None else self.clock.monotonic() + total
         retry = self.retry
         if retry is None:
-            return await self._attempt(call)
+            return await self._attempt(call, deadline, task)
         state = retry.begin()
-        sleep = self.clock.sleep
+        clock = self.clock
+        failed: Exception | None = None
         while True:
             try:
-                return await self._attempt(call)
+                return await self._attempt(call, deadline, task)
             except Exception as exc:
+                if failed is not None and isinstance(exc, RejectedError):
+                    raise _stopped_by(failed, exc) from None
                 delay = state.next_delay(exc)
                 if delay is None:
                     raise
-            await sleep(delay)
+                failed = exc
+                if deadline is not None and clock.monotonic() + delay >= deadline:
+                    raise self._total_timeout_error() from exc
+            await clock.sleep(delay)
 
-    async def _attempt(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _attempt(
+        self,
+        call: Callable[[], Awaitable[T]],
+        deadline: float | None,
+        task: asyncio.Task[Any] | None,
+    ) -> T:
+        seconds, scope = self._attempt_limit(deadline)
         breaker = self.breaker
         bulkhead = self.bulkhead
         if breaker is None:
             if bulkhead is None:
-                return await self._timed(call)
+                return await self._timed(call, seconds, scope, task)
             await bulkhead.acquire()
             try:
-                return await self._timed(call)
+                return await self._timed(call, seconds, scope, task)
             finally:
                 bulkhead.release()
         permit = breaker.acquire()
@@ -170,7 +200,10 @@ class Pipeline:
         monotonic = self.clock.monotonic
         started = monotonic()
         try:
-            result = await self._timed(call)
+            result = await self._timed(call, seconds, scope, task)
+        except CallTimeoutError as exc:
+            _judge_timeout(breaker, permit, exc, monotonic() - started)
+            raise
         except Exception as exc:
             breaker.record_failure(permit, exc, monotonic() - started)
             raise
@@ -183,19 +216,44 @@ class Pipeline:
         breaker.record_success(permit, monotonic() - started)
         return result
 
-    async def _timed(self, call: Callable[[], Awaitable[T]]) -> T:
-        if self.call_timeout is None:
+    async def _timed(
+        self,
+        call: Callable[[], Awaitable[T]],
+        seconds: float | None,
+        scope: str,
+        task: asyncio.Task[Any] | None,
+    ) -> T:
+        if seconds is None:
             return await call()
         return await call_with_timeout(
-            call, self.call_timeout, name=self.name, clock=self.clock, bus=self.bus
+            call, seconds, name=self.name, clock=self.clock, scope=scope, bus=self.bus, task=task
         )
+
+    def _attempt_limit(self, deadline: float | None) -> tuple[float | None, str]:
+        """This attempt's timeout: the per-attempt limit or the time left, whichever is shorter."""
+        if deadline is None:
+            return self.call_timeout, "attempt"
+        left = deadline - self.clock.monotonic()
+        if left <= 0:
+            raise self._total_timeout_error()
+        if self.call_timeout is None or left < self.call_timeout:
+            return left, "total"
+        return self.call_timeout, "attempt"
+
+    def _total_timeout_error(self) -> CallTimeoutError:
+        total = self.total_timeout
+        assert total is not None
+        (self.bus or default_bus()).emit(
+            CallTimedOut(source=self.name, timeout=total, scope="total")
+        )
+        return CallTimeoutError(self.name, timeout=total, scope="total", cancelled=None)
 
     # -- sync --------------------------------------------------------------------------------
 
     def run_sync(
         self, call: Callable[[], T], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> FallbackResult[Any]:
-        """:meth:`run` for a blocking callee, in the calling thread (attempts may use a worker)."""
+        """:meth:`run` for a blocking callee; the loop runs here, attempts may use a worker."""
         gate = self.gate
         gate.enter_sync()
         try:
@@ -214,40 +272,38 @@ class Pipeline:
         if limiter is not None:
             key, tokens = self._admission(args, kwargs)
             limiter.acquire_sync(key, tokens=tokens)
-        if self.total_timeout is None:
-            return self._retried_sync(call)
-        return call_with_timeout_sync(
-            lambda: self._retried_sync(call),
-            self.total_timeout,
-            name=self.name,
-            clock=self.clock,
-            scope="total",
-            bus=self.bus,
-        )
-
-    def _retried_sync(self, call: Callable[[], T]) -> T:
+        total = self.total_timeout
+        deadline = None if total is None else self.clock.monotonic() + total
         retry = self.retry
         if retry is None:
-            return self._attempt_sync(call)
+            return self._attempt_sync(call, deadline)
         state = retry.begin()
+        clock = self.clock
+        failed: Exception | None = None
         while True:
             try:
-                return self._attempt_sync(call)
+                return self._attempt_sync(call, deadline)
             except Exception as exc:
+                if failed is not None and isinstance(exc, RejectedError):
+                    raise _stopped_by(failed, exc) from None
                 delay = state.next_delay(exc)
                 if delay is None:
                     raise
-            self.clock.sleep_sync(delay)
+                failed = exc
+                if deadline is not None and clock.monotonic() + delay >= deadline:
+                    raise self._total_timeout_error() from exc
+            clock.sleep_sync(delay)
 
-    def _attempt_sync(self, call: Callable[[], T]) -> T:
+    def _attempt_sync(self, call: Callable[[], T], deadline: float | None) -> T:
+        seconds, scope = self._attempt_limit(deadline)
         breaker = self.breaker
         bulkhead = self.bulkhead
         if breaker is None:
             if bulkhead is None:
-                return self._timed_sync(call)
+                return self._timed_sync(call, seconds, scope)
             bulkhead.acquire_sync()
             try:
-                return self._timed_sync(call)
+                return self._timed_sync(call, seconds, scope)
             finally:
                 bulkhead.release()
         permit = breaker.acquire()
@@ -260,7 +316,10 @@ class Pipeline:
         monotonic = self.clock.monotonic
         started = monotonic()
         try:
-            result = self._timed_sync(call)
+            result = self._timed_sync(call, seconds, scope)
+        except CallTimeoutError as exc:
+            _judge_timeout(breaker, permit, exc, monotonic() - started)
+            raise
         except Exception as exc:
             breaker.record_failure(permit, exc, monotonic() - started)
             raise
@@ -273,7 +332,22 @@ class Pipeline:
         breaker.record_success(permit, monotonic() - started)
         return result
 
-    def _timed_sync(self, call: Callable[[], T]) -> T:
+    def _timed_sync(self, call: Callable[[], T], seconds: float | None, scope: str) -> T:
         return call_with_timeout_sync(
-            call, self.call_timeout, name=self.name, clock=self.clock, bus=self.bus
+            call, seconds, name=self.name, clock=self.clock, scope=scope, bus=self.bus
         )
+
+
+def _judge_timeout(
+    breaker: CircuitBreaker, permit: Permit, exc: CallTimeoutError, duration: float
+) -> None:
+    """A timeout by the callee's own limit is its failure; one cut by the run's deadline is not."""
+    if exc.scope == "total":
+        breaker.release(permit)
+    else:
+        breaker.record_failure(permit, exc, duration)
+
+
+def _stopped_by(failed: Exception, refusal: Exception) -> Exception:
+    failed.add_note(f"bastion: stopped retrying because the next attempt was refused: {refusal}")
+    return failed

@@ -22,15 +22,26 @@ decisions into waits, errors and events; time comes from the injected clock.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
-from bastion._core.errors import ConfigurationError, RateLimitError
+from bastion._core.errors import ConfigurationError, RateLimitError, RequestTooLargeError
 from bastion._core.events import CallRejected, EventBus, default_bus
+from bastion._core.validate import (
+    at_least,
+    awaitable_returned,
+    callable_or_none,
+    instance_of,
+    invalid,
+    non_negative_number,
+    one_of,
+    optional_positive_number,
+    positive_number,
+)
+from bastion.resilience._invoke import is_async_callable
 from bastion.resilience._window_log import RateLimitBackend, SlidingWindowLog, WindowDecision
 
 __all__ = ["RateLimitConfig", "RateLimitDecision", "RateLimiter", "estimate_tokens"]
@@ -42,38 +53,23 @@ _MODES = ("reject", "wait")
 _REQUEST_COST = (1.0,)
 
 
-def estimate_tokens(input: object, /, **_: object) -> float:
+def estimate_tokens(*args: object, **kwargs: object) -> float:
     """A rough token count for limiting: about four characters of text per token.
 
-    Good enough to keep a per-minute token quota honest when nothing better is
-    known; pass ``RateLimitConfig(tokens=...)`` to count with a real tokenizer.
+    Counts the text of every ``str`` argument, positional or keyword, and
+    ignores the rest (a method's ``self``, numbers, options), so it prices any
+    call from its arguments. Good enough to keep a per-minute token quota
+    honest when nothing better is known; pass ``RateLimitConfig(tokens=...)``
+    to count with a real tokenizer.
     """
-    return float(math.ceil(len(str(input)) / 4))
-
-
-def _check_limit(value: float | None, option: str, *, at_least_one: bool, fix: str) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        msg = f"RateLimitConfig({option}) must be a number or None; got {value!r}"
-        raise ConfigurationError(msg)
-    if not (value >= 1 if at_least_one else value > 0) or value == math.inf:
-        bound = ">= 1" if at_least_one else "> 0"
-        msg = f"RateLimitConfig({option}) must be finite and {bound}; got {value!r} ({fix})"
-        raise ConfigurationError(msg)
-
-
-def _check_seconds(value: float, option: str, *, allow_zero: bool) -> None:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and (value >= 0 if allow_zero else value > 0)
-        and value < math.inf
-    )
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        msg = f"RateLimitConfig({option}) must be a finite number of seconds {bound}; got {value!r}"
-        raise ConfigurationError(msg)
+    chars = 0
+    for arg in args:
+        if isinstance(arg, str):
+            chars += len(arg)
+    for value in kwargs.values():
+        if isinstance(value, str):
+            chars += len(value)
+    return float(math.ceil(chars / 4))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,56 +77,68 @@ class RateLimitConfig:
     """How many requests and tokens a key may spend per window, and what to do when out.
 
     ``max_rpm``/``max_tpm`` count per ``window`` seconds; with the default
-    ``window=60`` they are literally per minute. ``key(input, **kwargs)`` picks
-    the key a call is counted under (default: one shared ``"default"`` key);
-    ``tokens(input, **kwargs)`` prices a call for ``max_tpm`` (default:
-    :func:`estimate_tokens`).
+    ``window=60`` they are literally per minute. ``key`` and ``tokens`` are
+    called with the same arguments as the wrapped agent's ``run`` (under
+    ``with_resilience``) or the decorated function (under ``@limiter`` and
+    :meth:`RateLimiter.call`), whatever those are.
     """
 
     max_rpm: float | None = 60
+    """Requests per window (at least 1); None for no request limit."""
     max_tpm: float | None = None
+    """Tokens per window; None for no token limit."""
     window: float = 60.0
+    """Seconds the limits count over."""
     mode: Literal["reject", "wait"] = "reject"
+    """``"reject"``: refuse at once; ``"wait"``: sleep until the call fits, up to ``max_wait``."""
     max_wait: float = 10.0
+    """Wait mode: the longest total sleep before refusing anyway."""
     key: Callable[..., str] | None = None
+    """``key(*args, **kwargs)``, called with the same arguments as the wrapped agent's run / the
+    decorated function, picks the key a call counts under; None: one shared ``"default"``."""
     tokens: Callable[..., float] | None = None
+    """``tokens(*args, **kwargs)``, called with the same arguments as the wrapped agent's run /
+    the decorated function, prices a call for ``max_tpm``; None: :func:`estimate_tokens`."""
 
     def __post_init__(self) -> None:
-        _check_limit(
-            self.max_rpm,
-            "max_rpm",
-            at_least_one=True,
-            fix="for less than one call per window use a longer window; None for no limit",
-        )
-        _check_limit(self.max_tpm, "max_tpm", at_least_one=False, fix="use None for no token limit")
-        if self.max_rpm is None and self.max_tpm is None:
-            msg = (
-                "RateLimitConfig needs max_rpm or max_tpm (or both); both are None, "
-                "which would limit nothing: drop the limiter instead"
+        if self.max_rpm is not None:
+            at_least(
+                self.max_rpm,
+                "RateLimitConfig.max_rpm",
+                1,
+                hint="for less than one call per window use a longer window; None for no limit",
             )
-            raise ConfigurationError(msg)
-        _check_seconds(self.window, "window", allow_zero=False)
-        if self.mode not in _MODES:
-            msg = f"RateLimitConfig(mode) must be 'reject' or 'wait'; got {self.mode!r}"
-            raise ConfigurationError(msg)
-        _check_seconds(self.max_wait, "max_wait", allow_zero=True)
-        for option in ("key", "tokens"):
-            value = getattr(self, option)
-            if value is not None and not callable(value):
-                msg = f"RateLimitConfig({option}) must be a callable or None; got {value!r}"
-                raise ConfigurationError(msg)
+        optional_positive_number(self.max_tpm, "RateLimitConfig.max_tpm", none="for no token limit")
+        if self.max_rpm is None and self.max_tpm is None:
+            invalid(
+                "RateLimitConfig.max_rpm",
+                "set when max_tpm is None: a limiter needs max_rpm or max_tpm (or both), and "
+                "one with neither would limit nothing (drop it instead)",
+                None,
+            )
+        positive_number(self.window, "RateLimitConfig.window", unit="seconds")
+        one_of(self.mode, "RateLimitConfig.mode", _MODES)
+        non_negative_number(self.max_wait, "RateLimitConfig.max_wait", unit="seconds")
+        callable_or_none(
+            self.key, "RateLimitConfig.key", what="a function of the call's arguments -> str"
+        )
+        callable_or_none(
+            self.tokens,
+            "RateLimitConfig.tokens",
+            what="a function of the call's arguments -> token count",
+        )
 
-    def key_for(self, input: object, /, **kwargs: object) -> str:
-        """The key a call with this input is counted under."""
+    def key_for(self, *args: Any, **kwargs: Any) -> str:
+        """The key a call with these arguments (the wrapped callable's) is counted under."""
         if self.key is None:
             return "default"
-        return self.key(input, **kwargs)
+        return self.key(*args, **kwargs)
 
-    def tokens_for(self, input: object, /, **kwargs: object) -> float:
-        """What a call with this input costs against ``max_tpm``."""
+    def tokens_for(self, *args: Any, **kwargs: Any) -> float:
+        """What a call with these arguments (the wrapped callable's) costs against ``max_tpm``."""
         if self.tokens is None:
-            return estimate_tokens(input)
-        return self.tokens(input, **kwargs)
+            return estimate_tokens(*args, **kwargs)
+        return self.tokens(*args, **kwargs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +170,17 @@ class RateLimiter:
     :class:`RateLimitBackend` with the same limits and window.
     """
 
-    __slots__ = ("_backend", "_bus", "_costs", "_names", "clock", "config", "name")
+    __slots__ = (
+        "_backend",
+        "_bus",
+        "_costs",
+        "_max_tokens",
+        "_names",
+        "_priced",
+        "clock",
+        "config",
+        "name",
+    )
 
     def __init__(
         self,
@@ -173,7 +191,7 @@ class RateLimiter:
         bus: EventBus | None = None,
         backend: RateLimitBackend | None = None,
     ) -> None:
-        self.config = config if config is not None else RateLimitConfig()
+        self.config = instance_of(config, RateLimitConfig, "RateLimiter.config")
         self.name = name
         self.clock = clock
         self._bus = bus
@@ -187,6 +205,9 @@ class RateLimiter:
             names.append("max_tpm")
         self._names = tuple(names)
         self._costs = _cost_builder(self._names)
+        self._priced = self.config.max_tpm is not None
+        max_tpm = self.config.max_tpm
+        self._max_tokens = math.inf if max_tpm is None else float(max_tpm)
         if backend is None:
             backend = SlidingWindowLog(limits=limits, window=self.config.window, names=names)
         elif tuple(backend.limits) != tuple(limits) or backend.window != self.config.window:
@@ -215,7 +236,7 @@ class RateLimiter:
 
         A refusal emits ``CallRejected`` like every other one.
         """
-        costs = self._costs(tokens)
+        costs = self._price(key, tokens)
         verdict = self._backend.decide(key, costs, self.clock.monotonic())
         if not verdict.allowed:
             self._emit_rejected(verdict)
@@ -230,38 +251,75 @@ class RateLimiter:
         return self._public(self._admit_sync(key, tokens))
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Await ``fn(*args, **kwargs)`` once admitted under key ``"default"``."""
-        await self._admit("default", 0.0)
+        """Await ``fn(*args, **kwargs)`` once admitted.
+
+        The call counts under ``config.key_for(*args, **kwargs)`` and, with a
+        token limit, costs ``config.tokens_for(*args, **kwargs)`` tokens.
+        """
+        if self._priced:
+            if self.config.max_rpm is None:
+                raise self._token_only("RateLimiter.call")
+            tokens = self.config.tokens_for(*args, **kwargs)
+        else:
+            tokens = 0.0
+        await self._admit(self.config.key_for(*args, **kwargs), tokens)
         return await fn(*args, **kwargs)
 
     def call_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn(*args, **kwargs)`` once admitted under key ``"default"``."""
-        self._admit_sync("default", 0.0)
-        return fn(*args, **kwargs)
+        """Run ``fn(*args, **kwargs)`` once admitted (keyed and priced as in :meth:`call`)."""
+        if self._priced:
+            if self.config.max_rpm is None:
+                raise self._token_only("RateLimiter.call_sync")
+            tokens = self.config.tokens_for(*args, **kwargs)
+        else:
+            tokens = 0.0
+        self._admit_sync(self.config.key_for(*args, **kwargs), tokens)
+        result = fn(*args, **kwargs)
+        if hasattr(result, "__await__"):
+            raise awaitable_returned(
+                result, "RateLimiter.call_sync", instead="await limiter.call(...)"
+            )
+        return result
 
     @overload
     def __call__(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]: ...
     @overload
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any], /) -> Callable[P, Any]:
-        if inspect.iscoroutinefunction(fn):
+        if self.config.max_rpm is None:
+            raise self._token_only("@RateLimiter")
+        if is_async_callable(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                await self._admit("default", 0.0)
-                return await fn(*args, **kwargs)
+                return await self.call(fn, *args, **kwargs)
 
             return async_wrapper
 
         @functools.wraps(fn)
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            self._admit_sync("default", 0.0)
-            return fn(*args, **kwargs)
+            return self.call_sync(fn, *args, **kwargs)
 
         return sync_wrapper
 
-    async def _admit(self, key: str, tokens: float) -> WindowDecision:
+    def _token_only(self, api: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"{api} cannot limit {self.name!r}: its config has max_rpm=None, so it counts only "
+            "tokens, and a wrapped call does not say what it costs; price each call yourself "
+            "with `await limiter.acquire(key, tokens=...)` (or acquire_sync), or set max_rpm"
+        )
+
+    def _price(self, key: str, tokens: float) -> tuple[float, ...]:
+        """One cost per active limit; refuses a call whose tokens could never fit ``max_tpm``."""
         costs = self._costs(tokens)
+        if tokens > self._max_tokens:
+            bus = self._bus if self._bus is not None else default_bus()
+            bus.emit(CallRejected(source=self.name, reason="too_large"))
+            raise RequestTooLargeError(key, cost=tokens, limit=self._max_tokens, unit="tokens")
+        return costs
+
+    async def _admit(self, key: str, tokens: float) -> WindowDecision:
+        costs = self._price(key, tokens)
         waited = 0.0
         while True:
             verdict = self._backend.decide(key, costs, self.clock.monotonic())
@@ -272,7 +330,7 @@ class RateLimiter:
             waited += delay
 
     def _admit_sync(self, key: str, tokens: float) -> WindowDecision:
-        costs = self._costs(tokens)
+        costs = self._price(key, tokens)
         waited = 0.0
         while True:
             verdict = self._backend.decide(key, costs, self.clock.monotonic())
@@ -319,14 +377,7 @@ def _cost_builder(names: tuple[str, ...]) -> Callable[[float], tuple[float, ...]
     """The function turning a call's token count into one cost per active limit."""
 
     def check(tokens: float) -> float:
-        if (
-            isinstance(tokens, bool)
-            or not isinstance(tokens, int | float)
-            or not 0 <= tokens < math.inf
-        ):
-            msg = f"tokens must be a finite number >= 0; got {tokens!r}"
-            raise ConfigurationError(msg)
-        return float(tokens)
+        return non_negative_number(tokens, "tokens", hint="a call's token count")
 
     if names == ("max_rpm",):
 

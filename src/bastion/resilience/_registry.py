@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import ConfigurationError
 from bastion._core.events import EventBus
+from bastion._core.validate import instance_of
 from bastion.resilience._breaker import CircuitBreaker, CircuitBreakerConfig
 
 __all__ = ["CircuitBreakerRegistry"]
@@ -43,7 +44,7 @@ class CircuitBreakerRegistry:
         clock: Clock = SYSTEM_CLOCK,
         bus: EventBus | None = None,
     ) -> None:
-        self.config = config if config is not None else CircuitBreakerConfig()
+        self.config = instance_of(config, CircuitBreakerConfig, "CircuitBreakerRegistry.config")
         self.clock = clock
         self._bus = bus
         self._lock = threading.Lock()

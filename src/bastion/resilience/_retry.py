@@ -27,15 +27,13 @@ pipeline are the same small loop around it.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, cast, overload
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
-from bastion._core.errors import ConfigurationError
 from bastion._core.events import (
     Event,
     EventBus,
@@ -43,8 +41,21 @@ from bastion._core.events import (
     RetryScheduled,
     default_bus,
 )
+from bastion._core.validate import (
+    at_least,
+    awaitable_returned,
+    callable_or_none,
+    instance_of,
+    non_negative_number,
+    one_of,
+    optional_fraction,
+    optional_positive_number,
+    positive_number,
+    whole_number,
+)
 from bastion.resilience._classify import is_transient, retry_after_of
-from bastion.resilience._retry_budget import RetryBudget, check_rate, check_ratio, check_window
+from bastion.resilience._invoke import is_async_callable
+from bastion.resilience._retry_budget import BUDGET_FLOOR_HINT, BUDGET_RATIO_HINT, RetryBudget
 
 __all__ = ["Jitter", "Retry", "RetryConfig", "RetryState", "retry"]
 
@@ -87,58 +98,44 @@ class RetryConfig:
     """Seconds of history the retry budget looks at."""
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.max_retries, bool)
-            or not isinstance(self.max_retries, int)
-            or self.max_retries < 0
-        ):
-            _invalid("max_retries", self.max_retries, "a whole number >= 0 (0 turns retrying off)")
-        _check_finite("backoff", self.backoff, 0.0, "a finite number of seconds >= 0")
-        _check_finite("multiplier", self.multiplier, 1.0, "a finite number >= 1 (2 doubles)")
-        _check_finite("max_backoff", self.max_backoff, 0.0, "a finite number of seconds >= 0")
-        if self.jitter not in _JITTERS:
-            _invalid("jitter", self.jitter, "one of 'full', 'equal' or 'none'")
-        if self.deadline is not None and not (
-            _is_number(self.deadline) and math.isfinite(self.deadline) and self.deadline > 0
-        ):
-            _invalid("deadline", self.deadline, "a finite number of seconds > 0, or None")
-        if self.retry_on is not None and not callable(self.retry_on):
-            _invalid(
-                "retry_on",
-                self.retry_on,
-                "a function taking the exception and returning True to retry it, or None "
-                "for Bastion's classification",
-            )
-        if (
-            not _is_number(self.max_retry_after)
-            or math.isnan(self.max_retry_after)
-            or self.max_retry_after < 0
-        ):
-            _invalid(
-                "max_retry_after",
-                self.max_retry_after,
-                "a number of seconds >= 0 (math.inf always waits as asked)",
-            )
-        if self.budget_ratio is not None:
-            check_ratio(
-                self.budget_ratio, "RetryConfig(budget_ratio)", also=", or None to turn it off"
-            )
-        check_rate(self.budget_min_per_second, "RetryConfig(budget_min_per_second)")
-        check_window(self.budget_window, "RetryConfig(budget_window)")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_finite(option: str, value: float, minimum: float, expected: str) -> None:
-    if not _is_number(value) or not math.isfinite(value) or value < minimum:
-        _invalid(option, value, expected)
-
-
-def _invalid(option: str, value: object, expected: str) -> NoReturn:
-    msg = f"RetryConfig({option}) must be {expected}; got {value!r}"
-    raise ConfigurationError(msg)
+        whole_number(
+            self.max_retries, "RetryConfig.max_retries", minimum=0, hint="0 turns retrying off"
+        )
+        non_negative_number(
+            self.backoff, "RetryConfig.backoff", unit="seconds", hint="0 retries at once"
+        )
+        at_least(self.multiplier, "RetryConfig.multiplier", 1, hint="2 doubles each wait")
+        non_negative_number(self.max_backoff, "RetryConfig.max_backoff", unit="seconds")
+        one_of(self.jitter, "RetryConfig.jitter", _JITTERS)
+        optional_positive_number(
+            self.deadline, "RetryConfig.deadline", unit="seconds", none="for no deadline"
+        )
+        callable_or_none(
+            self.retry_on,
+            "RetryConfig.retry_on",
+            what="a function taking the exception and returning True to retry it",
+        )
+        non_negative_number(
+            self.max_retry_after,
+            "RetryConfig.max_retry_after",
+            unit="seconds",
+            finite=False,
+            hint="math.inf always waits as asked",
+        )
+        optional_fraction(
+            self.budget_ratio,
+            "RetryConfig.budget_ratio",
+            allow_zero=True,
+            none="to turn the budget off",
+            hint=BUDGET_RATIO_HINT,
+        )
+        non_negative_number(
+            self.budget_min_per_second,
+            "RetryConfig.budget_min_per_second",
+            unit="retries per second",
+            hint=BUDGET_FLOOR_HINT,
+        )
+        positive_number(self.budget_window, "RetryConfig.budget_window", unit="seconds")
 
 
 def _attempts(count: int) -> str:
@@ -261,14 +258,7 @@ class Retry:
         budget: RetryBudget | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if config is None:
-            config = RetryConfig()
-        elif not isinstance(cast(object, config), RetryConfig):
-            msg = (
-                f"Retry(config) must be a RetryConfig, e.g. RetryConfig(max_retries=3); "
-                f"got {config!r}"
-            )
-            raise ConfigurationError(msg)
+        config = instance_of(config, RetryConfig, "Retry.config")
         if budget is None and config.budget_ratio is not None:
             budget = RetryBudget(
                 ratio=config.budget_ratio,
@@ -330,19 +320,23 @@ class Retry:
         state = self.begin()
         while True:
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             except Exception as exc:
                 delay = state.next_delay(exc)
                 if delay is None:
                     raise
                 self.clock.sleep_sync(delay)
+                continue
+            if hasattr(result, "__await__"):
+                raise awaitable_returned(result, "Retry.call_sync", instead="await retry.call(...)")
+            return result
 
     @overload
     def __call__(self, fn: Callable[P, Awaitable[T]], /) -> Callable[P, Awaitable[T]]: ...
     @overload
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any], /) -> Callable[P, Any]:
-        if inspect.iscoroutinefunction(fn):
+        if is_async_callable(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:

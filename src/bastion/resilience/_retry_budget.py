@@ -17,15 +17,19 @@ clock, and a lock makes the budget safe to share between threads and tasks.
 
 from __future__ import annotations
 
-import math
 import threading
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
-from bastion._core.errors import ConfigurationError
+from bastion._core.validate import fraction, non_negative_number, positive_number
+from bastion.resilience._windows import RollingCounters
 
-__all__ = ["RetryBudget"]
+__all__ = ["BUDGET_FLOOR_HINT", "BUDGET_RATIO_HINT", "RetryBudget"]
+
+BUDGET_RATIO_HINT = "0.2 lets retries add 20 % to the first attempts"
+BUDGET_FLOOR_HINT = "0 means no floor, 1.0 is the default"
 
 _BUCKETS = 10
+_ATTEMPTS, _RETRIES = 0, 1
 _EPSILON = 1e-9
 """Slack for float rounding, so ``0.2 * 5`` first attempts really allow one retry."""
 
@@ -40,20 +44,7 @@ class RetryBudget:
     first_attempts_in_window``.
     """
 
-    __slots__ = (
-        "_attempts",
-        "_clock",
-        "_epoch",
-        "_floor",
-        "_lock",
-        "_retries",
-        "_total_attempts",
-        "_total_retries",
-        "_width",
-        "min_per_second",
-        "ratio",
-        "window",
-    )
+    __slots__ = ("_clock", "_counters", "_floor", "_lock", "min_per_second", "ratio", "window")
 
     def __init__(
         self,
@@ -63,17 +54,17 @@ class RetryBudget:
         window: float = 10.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.ratio = check_ratio(ratio, "RetryBudget(ratio)")
-        self.min_per_second = check_rate(min_per_second, "RetryBudget(min_per_second)")
-        self.window = check_window(window, "RetryBudget(window)")
+        self.ratio = fraction(ratio, "RetryBudget.ratio", allow_zero=True, hint=BUDGET_RATIO_HINT)
+        self.min_per_second = non_negative_number(
+            min_per_second,
+            "RetryBudget.min_per_second",
+            unit="retries per second",
+            hint=BUDGET_FLOOR_HINT,
+        )
+        self.window = positive_number(window, "RetryBudget.window", unit="seconds")
         self._clock = clock
         self._floor = self.min_per_second * self.window
-        self._width = self.window / _BUCKETS
-        self._attempts = [0] * _BUCKETS
-        self._retries = [0] * _BUCKETS
-        self._total_attempts = 0
-        self._total_retries = 0
-        self._epoch = self._epoch_at(clock.monotonic())
+        self._counters = RollingCounters(_BUCKETS, self.window / _BUCKETS, 2)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -85,90 +76,28 @@ class RetryBudget:
     def record_attempt(self) -> None:
         """Count one first attempt (a deposit: each one earns ``ratio`` of a retry)."""
         now = self._clock.monotonic()
+        counters = self._counters
         with self._lock:
-            index = self._roll(now)
-            self._attempts[index] += 1
-            self._total_attempts += 1
+            counters.add(counters.slot(now), _ATTEMPTS)
 
     def try_spend(self) -> bool:
         """Whether one retry may happen now; if so it is counted (a withdrawal)."""
         now = self._clock.monotonic()
+        counters = self._counters
         with self._lock:
-            index = self._roll(now)
-            allowance = self._floor + self.ratio * self._total_attempts
-            if self._total_retries + 1 > allowance + _EPSILON:
+            slot = counters.slot(now)
+            attempts, retries = counters.totals
+            if retries + 1 > self._floor + self.ratio * attempts + _EPSILON:
                 return False
-            self._retries[index] += 1
-            self._total_retries += 1
+            counters.add(slot, _RETRIES)
             return True
 
     @property
     def available(self) -> float:
         """How many retries could be spent right now (for tests and metrics)."""
         now = self._clock.monotonic()
+        counters = self._counters
         with self._lock:
-            self._roll(now)
-            allowance = self._floor + self.ratio * self._total_attempts
-            return max(0.0, allowance - self._total_retries)
-
-    def _epoch_at(self, now: float) -> int:
-        return math.floor(now / self._width)
-
-    def _roll(self, now: float) -> int:
-        """Drop the buckets that left the window; return the index of the current bucket.
-
-        Must be called with the lock held. Costs at most one pass over the buckets.
-        """
-        epoch = self._epoch_at(now)
-        if epoch > self._epoch:
-            if epoch - self._epoch >= _BUCKETS:
-                self._attempts = [0] * _BUCKETS
-                self._retries = [0] * _BUCKETS
-                self._total_attempts = 0
-                self._total_retries = 0
-            else:
-                for stale in range(self._epoch + 1, epoch + 1):
-                    slot = stale % _BUCKETS
-                    self._total_attempts -= self._attempts[slot]
-                    self._total_retries -= self._retries[slot]
-                    self._attempts[slot] = 0
-                    self._retries[slot] = 0
-            self._epoch = epoch
-        return self._epoch % _BUCKETS
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def check_ratio(value: float, option: str, *, also: str = "") -> float:
-    """Validate a budget ratio (a fraction in [0, 1]), naming ``option`` in the error.
-
-    ``also`` adds another accepted value to the fix, e.g. ``" or None to turn it off"``.
-    """
-    if not _is_number(value) or not 0.0 <= value <= 1.0:
-        msg = (
-            f"{option} must be a fraction between 0 and 1 (0.2 lets retries add 20 % to the "
-            f"first attempts){also}; got {value!r}"
-        )
-        raise ConfigurationError(msg)
-    return float(value)
-
-
-def check_rate(value: float, option: str) -> float:
-    """Validate the budget's floor of retries per second, naming ``option`` in the error."""
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
-        msg = (
-            f"{option} must be a finite number of retries per second >= 0 (0 means no floor, "
-            f"1.0 is the default); got {value!r}"
-        )
-        raise ConfigurationError(msg)
-    return float(value)
-
-
-def check_window(value: float, option: str) -> float:
-    """Validate the budget's window length, naming ``option`` in the error."""
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        msg = f"{option} must be a finite number of seconds > 0, e.g. 10.0; got {value!r}"
-        raise ConfigurationError(msg)
-    return float(value)
+            counters.slot(now)
+            attempts, retries = counters.totals
+            return max(0.0, self._floor + self.ratio * attempts - retries)

@@ -28,7 +28,7 @@ import signal
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import ShuttingDownError
@@ -117,8 +117,14 @@ class ShutdownGate:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_set_done, idle)
 
-    async def drain(self, timeout: float) -> DrainReport:
-        """Close the gate, wait up to ``timeout`` seconds for runs in flight, cancel the rest."""
+    async def drain(self, timeout: float, *, grace: float = 5.0) -> DrainReport:
+        """Close the gate, wait up to ``timeout`` seconds for runs in flight, cancel the rest.
+
+        Cancelled runs get ``grace`` more seconds to unwind (their ``finally``
+        blocks run); any still going after that, and runs in threads, are
+        reported as ``abandoned`` -- the drain itself never outlasts
+        ``timeout + grace``.
+        """
         loop = asyncio.get_running_loop()
         current = asyncio.current_task()
         with self._lock:
@@ -132,23 +138,36 @@ class ShutdownGate:
         (self._bus or default_bus()).emit(ShutdownStarted(source=self.name, in_flight=initial))
         if initial <= 0 or idle is None:
             return DrainReport(completed=0, cancelled=0, abandoned=0)
-        if own:
-            idle = None  # cannot reach zero while we run; wait for the timeout below
-        waiter = asyncio.ensure_future(self._clock.sleep(timeout))
+        if own or idle.get_loop() is not loop:
+            idle = None  # cannot be awaited here; wait for the timeout below
+        await self._wait_for(idle, timeout)
+        with self._lock:
+            victims = [t for t in self._tasks if t is not current and not t.done()]
+            threads = self._sync_count
+            left = self._count - own
+        here = [t for t in victims if t.get_loop() is loop]
+        for task in victims:
+            if task in here:
+                task.cancel()
+            else:  # a run on another thread's loop: cancel it there, do not await it
+                task.get_loop().call_soon_threadsafe(task.cancel)
+        if here:
+            await self._wait_for(asyncio.gather(*here, return_exceptions=True), grace)
+        unfinished = sum(1 for t in here if not t.done())
+        return DrainReport(
+            completed=initial - left,
+            cancelled=len(victims) - unfinished,
+            abandoned=threads + unfinished,
+        )
+
+    async def _wait_for(self, future: asyncio.Future[Any] | None, seconds: float) -> None:
+        """Wait until ``future`` is done or ``seconds`` pass on the clock, whichever is first."""
+        waiter = asyncio.ensure_future(self._clock.sleep(seconds))
         try:
-            pending = {waiter} if idle is None else {waiter, idle}
+            pending = {waiter} if future is None else {waiter, future}
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
-        with self._lock:
-            victims = [t for t in self._tasks if t is not current and not t.done()]
-            abandoned = self._sync_count
-            left = self._count - own
-        for task in victims:
-            task.cancel()
-        if victims:
-            await asyncio.wait(victims)
-        return DrainReport(completed=initial - left, cancelled=len(victims), abandoned=abandoned)
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:

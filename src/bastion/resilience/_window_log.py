@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 from bastion._core.errors import ConfigurationError
+from bastion._core.validate import invalid, positive_number
 
 __all__ = ["RateLimitBackend", "SlidingWindowLog", "WindowDecision"]
 
@@ -114,27 +115,14 @@ class SlidingWindowLog:
         names: Sequence[str] | None = None,
     ) -> None:
         if not limits:
-            msg = "SlidingWindowLog(limits) needs at least one limit; got an empty sequence"
-            raise ConfigurationError(msg)
+            invalid("SlidingWindowLog.limits", "a sequence of at least one limit", limits)
         for i, limit in enumerate(limits):
-            if isinstance(limit, bool) or not isinstance(limit, int | float):
-                msg = f"SlidingWindowLog(limits[{i}]) must be a number; got {limit!r}"
-                raise ConfigurationError(msg)
-            if not 0 < limit < math.inf:
-                msg = f"SlidingWindowLog(limits[{i}]) must be finite and > 0; got {limit!r}"
-                raise ConfigurationError(msg)
-        if isinstance(window, bool) or not isinstance(window, int | float):
-            msg = f"SlidingWindowLog(window) must be a number of seconds; got {window!r}"
-            raise ConfigurationError(msg)
-        if not 0 < window < math.inf:
-            msg = f"SlidingWindowLog(window) must be finite and > 0 seconds; got {window!r}"
-            raise ConfigurationError(msg)
+            positive_number(limit, f"SlidingWindowLog.limits[{i}]")
+        positive_number(window, "SlidingWindowLog.window", unit="seconds")
         if names is not None and len(names) != len(limits):
-            msg = (
-                f"SlidingWindowLog(names) must name each of the {len(limits)} limit(s); "
-                f"got {len(names)} name(s)"
+            invalid(
+                "SlidingWindowLog.names", f"one name for each of the {len(limits)} limit(s)", names
             )
-            raise ConfigurationError(msg)
         self._limits = tuple(float(limit) for limit in limits)
         self._window = float(window)
         self._names = (

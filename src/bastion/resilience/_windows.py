@@ -10,6 +10,10 @@ be diluted by a good week. Two ways to say "recent" are offered:
   buckets. Good when traffic is bursty: a quiet hour forgets old failures
   instead of keeping them until enough new calls push them out.
 
+The bucketed time window itself is :class:`RollingCounters`, written once
+and shared: the time window counts outcomes in it, and the retry budget
+counts first attempts and retries.
+
 Both keep running totals next to their storage, so recording an outcome and
 reading the totals never scans the window. The classes are pure: time is
 passed in as ``now`` (seconds on a monotonic clock), never read, and they
@@ -31,6 +35,7 @@ __all__ = [
     "SUCCESS",
     "CountWindow",
     "OutcomeWindow",
+    "RollingCounters",
     "TimeWindow",
     "WindowTotals",
     "time_window_buckets",
@@ -127,80 +132,43 @@ def time_window_buckets(seconds: float) -> int:
     return min(max(math.ceil(seconds), _MIN_BUCKETS), _MAX_BUCKETS)
 
 
-class TimeWindow:
-    """The outcomes of the last ``seconds`` seconds, in equal buckets expired lazily.
+class RollingCounters:
+    """A few integer counters summed over a rolling window of equal time buckets.
 
-    Bucket ``k`` holds the calls made while ``floor(now / width) == k``. The
-    window holds the newest bucket and the ones before it, ``buckets`` in all;
-    when time moves on, the buckets that fell out are subtracted from the
-    running totals the next time the window is touched. A long idle period
-    costs at most one pass over the buckets, once.
+    The one bucketed window behind :class:`TimeWindow` and the retry budget.
+    Bucket ``k`` holds what was added while ``floor(now / bucket_seconds) == k``;
+    the window is the newest bucket and the ``buckets - 1`` before it. When
+    time moves on, the buckets that fell out are subtracted from ``totals``
+    the next time :meth:`slot` is called, so adding and reading never scan the
+    window, and a long idle period costs at most one pass over the buckets,
+    once. Pure: ``now`` is passed in, and the owner holds any lock.
     """
 
-    __slots__ = (
-        "_buckets",
-        "_failures",
-        "_head",
-        "_n",
-        "_ring_calls",
-        "_ring_failures",
-        "_ring_slow",
-        "_slow",
-        "_width",
-        "calls",
-        "seconds",
-    )
+    __slots__ = ("_head", "_n", "_rings", "_width", "totals")
 
-    def __init__(self, seconds: float) -> None:
-        if not (seconds > 0 and math.isfinite(seconds)):
-            msg = f"a time window needs a finite number of seconds > 0; got {seconds!r}"
+    def __init__(self, buckets: int, bucket_seconds: float, fields: int) -> None:
+        if buckets < 1 or fields < 1 or not (bucket_seconds > 0 and math.isfinite(bucket_seconds)):
+            msg = (
+                "rolling counters need buckets >= 1, fields >= 1 and a finite bucket width > 0; "
+                f"got buckets={buckets!r}, bucket_seconds={bucket_seconds!r}, fields={fields!r}"
+            )
             raise ValueError(msg)
-        self.seconds = float(seconds)
-        self._n = time_window_buckets(seconds)
-        self._width = self.seconds / self._n
-        self._ring_calls = [0] * self._n
-        self._ring_failures = [0] * self._n
-        self._ring_slow = [0] * self._n
+        self._n = buckets
+        self._width = float(bucket_seconds)
+        self._rings = [[0] * buckets for _ in range(fields)]
         self._head: int | None = None
-        self.calls = 0
-        self._failures = 0
-        self._slow = 0
+        self.totals = [0] * fields
+        """The sum of each counter over the window, as of the last :meth:`slot` call."""
 
     def __repr__(self) -> str:
         return (
-            f"TimeWindow(seconds={self.seconds!r}, buckets={self._n}, "
-            f"calls={self.calls}, failures={self._failures}, slow={self._slow})"
+            f"RollingCounters(buckets={self._n}, bucket_seconds={self._width!r}, "
+            f"totals={self.totals!r})"
         )
 
-    def record(self, outcome: int, now: float) -> WindowTotals:
-        slot = self._advance(now)
-        self._ring_calls[slot] += 1
-        self.calls += 1
-        if outcome:
-            failed = outcome & FAILURE
-            slow = (outcome & SLOW) >> 1
-            self._ring_failures[slot] += failed
-            self._ring_slow[slot] += slow
-            self._failures += failed
-            self._slow += slow
-        return WindowTotals(self.calls, self._failures, self._slow)
-
-    def totals(self, now: float) -> WindowTotals:
-        self._advance(now)
-        return WindowTotals(self.calls, self._failures, self._slow)
-
-    def clear(self) -> None:
-        self._ring_calls = [0] * self._n
-        self._ring_failures = [0] * self._n
-        self._ring_slow = [0] * self._n
-        self._head = None
-        self.calls = 0
-        self._failures = 0
-        self._slow = 0
-
-    def _advance(self, now: float) -> int:
-        """Drop the buckets that aged out by ``now``; return the ring slot of ``now``."""
-        bucket = int(now // self._width)
+    def slot(self, now: float) -> int:
+        """Drop the buckets that aged out by ``now``; return the ring slot to add to at ``now``."""
+        bucket = math.floor(now / self._width)
         head = self._head
         n = self._n
         if head is None:
@@ -209,16 +177,74 @@ class TimeWindow:
             if bucket - head >= n:
                 self.clear()
             else:
-                for stale in range(head + 1, bucket + 1):
-                    slot = stale % n
-                    self.calls -= self._ring_calls[slot]
-                    self._failures -= self._ring_failures[slot]
-                    self._slow -= self._ring_slow[slot]
-                    self._ring_calls[slot] = 0
-                    self._ring_failures[slot] = 0
-                    self._ring_slow[slot] = 0
+                totals = self.totals
+                for field, ring in enumerate(self._rings):
+                    for stale in range(head + 1, bucket + 1):
+                        index = stale % n
+                        totals[field] -= ring[index]
+                        ring[index] = 0
             self._head = bucket
         else:
             # A clock that stepped back (it should not) files the call in the newest bucket.
             bucket = head
         return bucket % n
+
+    def add(self, slot: int, field: int, amount: int = 1) -> None:
+        """Add ``amount`` to counter ``field`` in ``slot`` (from :meth:`slot`) and to its total."""
+        self._rings[field][slot] += amount
+        self.totals[field] += amount
+
+    def clear(self) -> None:
+        """Forget everything; the next :meth:`slot` starts a fresh window."""
+        for ring in self._rings:
+            ring[:] = [0] * self._n
+        self.totals[:] = [0] * len(self.totals)
+        self._head = None
+
+
+_CALLS, _FAILURES, _SLOW = 0, 1, 2
+
+
+class TimeWindow:
+    """The outcomes of the last ``seconds`` seconds, in equal buckets expired lazily.
+
+    ``time_window_buckets(seconds)`` buckets of :class:`RollingCounters`
+    counting calls, failures and slow calls.
+    """
+
+    __slots__ = ("_counters", "_n", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        if not (seconds > 0 and math.isfinite(seconds)):
+            msg = f"a time window needs a finite number of seconds > 0; got {seconds!r}"
+            raise ValueError(msg)
+        self.seconds = float(seconds)
+        self._n = time_window_buckets(seconds)
+        self._counters = RollingCounters(self._n, self.seconds / self._n, 3)
+
+    def __repr__(self) -> str:
+        calls, failures, slow = self._counters.totals
+        return (
+            f"TimeWindow(seconds={self.seconds!r}, buckets={self._n}, "
+            f"calls={calls}, failures={failures}, slow={slow})"
+        )
+
+    def record(self, outcome: int, now: float) -> WindowTotals:
+        counters = self._counters
+        slot = counters.slot(now)
+        counters.add(slot, _CALLS)
+        if outcome & FAILURE:
+            counters.add(slot, _FAILURES)
+        if outcome & SLOW:
+            counters.add(slot, _SLOW)
+        calls, failures, slow = counters.totals
+        return WindowTotals(calls, failures, slow)
+
+    def totals(self, now: float) -> WindowTotals:
+        counters = self._counters
+        counters.slot(now)
+        calls, failures, slow = counters.totals
+        return WindowTotals(calls, failures, slow)
+
+    def clear(self) -> None:
+        self._counters.clear()
