@@ -356,34 +356,16 @@ def _build(wrapped: object, target: Target, options: ResilienceOptions) -> Resil
     clock = options.get("clock", SYSTEM_CLOCK)
     bus = options.get("bus")
 
-    breaker = _part(
-        options.get("circuit_breaker", True),
-        CircuitBreaker,
-        CircuitBreakerConfig,
-        lambda cfg: CircuitBreaker(cfg, name=name, clock=clock, bus=bus),
-        "circuit_breaker",
-    )
-    limiter = _part(
-        options.get("rate_limit", True),
-        RateLimiter,
-        RateLimitConfig,
-        lambda cfg: RateLimiter(cfg, name=name, clock=clock, bus=bus),
-        "rate_limit",
-    )
-    retry = _part(
-        options.get("retry", True),
-        Retry,
-        RetryConfig,
-        lambda cfg: Retry(cfg, name=name, clock=clock, bus=bus),
-        "retry",
-    )
-    bulkhead = _part(
-        options.get("bulkhead", False),
-        Bulkhead,
-        BulkheadConfig,
-        lambda cfg: Bulkhead(cfg, name=name, clock=clock, bus=bus),
-        "bulkhead",
-    )
+    def part(
+        option: str, default: bool, instance_type: type[T], config_type: type[Any]
+    ) -> T | None:
+        value = options.get(option, default)
+        return _part(value, instance_type, config_type, option, name=name, clock=clock, bus=bus)
+
+    breaker = part("circuit_breaker", True, CircuitBreaker, CircuitBreakerConfig)
+    limiter = part("rate_limit", True, RateLimiter, RateLimitConfig)
+    retry = part("retry", True, Retry, RetryConfig)
+    bulkhead = part("bulkhead", False, Bulkhead, BulkheadConfig)
     fallback_option = options.get("fallback")
     if fallback_option is None or isinstance(fallback_option, Fallback):
         fallback = fallback_option
@@ -433,18 +415,23 @@ def _part(
     value: object,
     instance_type: type[T],
     config_type: type[Any],
-    build: Callable[[Any], T],
     option: str,
+    *,
+    name: str,
+    clock: Clock,
+    bus: EventBus | None,
 ) -> T | None:
     """Turn one option (False / True / config / shared instance) into a strategy or None."""
     if value is False:
         return None
     if value is True:
-        return build(config_type())
+        value = config_type()
     if isinstance(value, instance_type):
         return value
     if isinstance(value, config_type):
-        return build(value)
+        build: Any = instance_type
+        strategy: T = build(value, name=name, clock=clock, bus=bus)
+        return strategy
     msg = (
         f"{option} must be True, False, a {config_type.__name__} or a {instance_type.__name__}, "
         f"got {value!r}"

@@ -66,7 +66,7 @@ from bastion._core.validate import (
     whole_number,
 )
 from bastion.resilience._classify import is_client_error
-from bastion.resilience._invoke import is_async_callable
+from bastion.resilience._invoke import decorate
 from bastion.resilience._timeout import call_with_timeout, call_with_timeout_sync, check_timeout
 from bastion.resilience._windows import (
     FAILURE,
@@ -708,16 +708,4 @@ class CircuitBreaker:
     @overload
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any], /) -> Callable[P, Any]:
-        if is_async_callable(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self.call(fn, *args, **kwargs)
-
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return self.call_sync(fn, *args, **kwargs)
-
-        return sync_wrapper
+        return decorate(fn, self.call, self.call_sync)

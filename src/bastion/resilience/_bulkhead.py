@@ -34,7 +34,7 @@ from bastion._core.clock import SYSTEM_CLOCK, Clock, SystemClock
 from bastion._core.errors import BulkheadFullError
 from bastion._core.events import CallRejected, EventBus, default_bus
 from bastion._core.validate import awaitable_returned, instance_of, positive_number, whole_number
-from bastion.resilience._invoke import is_async_callable
+from bastion.resilience._invoke import decorate
 
 __all__ = ["Bulkhead", "BulkheadConfig"]
 
@@ -287,19 +287,7 @@ class Bulkhead:
     @overload
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any], /) -> Callable[P, Any]:
-        if is_async_callable(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self.call(fn, *args, **kwargs)
-
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return self.call_sync(fn, *args, **kwargs)
-
-        return sync_wrapper
+        return decorate(fn, self.call, self.call_sync)
 
     async def _wait_async(self, waiter: _Waiter) -> None:
         future = waiter.future

@@ -105,3 +105,28 @@ def resolve_target(target: object, *, name: str | None = None) -> Target:
         "(sync or async) or a callable"
     )
     raise ConfigurationError(msg)
+
+
+def decorate(
+    fn: Callable[..., Any],
+    call: Callable[..., Awaitable[Any]],
+    call_sync: Callable[..., Any],
+) -> Callable[..., Any]:
+    """Wrap ``fn`` with a primitive's ``call``/``call_sync``, keeping it async or sync as it was.
+
+    Every primitive's decorator form is this one function, so they all tell
+    async from sync the same way (including objects with ``async def __call__``).
+    """
+    if is_async_callable(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await call(fn, *args, **kwargs)
+
+        return async_wrapper
+
+    @functools.wraps(fn)
+    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        return call_sync(fn, *args, **kwargs)
+
+    return sync_wrapper

@@ -21,7 +21,6 @@ decisions into waits, errors and events; time comes from the injected clock.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from bastion._core.validate import (
     optional_positive_number,
     positive_number,
 )
-from bastion.resilience._invoke import is_async_callable
+from bastion.resilience._invoke import decorate
 from bastion.resilience._window_log import RateLimitBackend, SlidingWindowLog, WindowDecision
 
 __all__ = ["RateLimitConfig", "RateLimitDecision", "RateLimiter", "estimate_tokens"]
@@ -288,19 +287,7 @@ class RateLimiter:
     def __call__(self, fn: Callable[P, Any], /) -> Callable[P, Any]:
         if self.config.max_rpm is None:
             raise self._token_only("@RateLimiter")
-        if is_async_callable(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self.call(fn, *args, **kwargs)
-
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return self.call_sync(fn, *args, **kwargs)
-
-        return sync_wrapper
+        return decorate(fn, self.call, self.call_sync)
 
     def _token_only(self, api: str) -> ConfigurationError:
         return ConfigurationError(

@@ -26,7 +26,6 @@ pipeline are the same small loop around it.
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -54,7 +53,7 @@ from bastion._core.validate import (
     whole_number,
 )
 from bastion.resilience._classify import is_transient, retry_after_of
-from bastion.resilience._invoke import is_async_callable
+from bastion.resilience._invoke import decorate
 from bastion.resilience._retry_budget import BUDGET_FLOOR_HINT, BUDGET_RATIO_HINT, RetryBudget
 
 __all__ = ["Jitter", "Retry", "RetryConfig", "RetryState", "retry"]
@@ -336,19 +335,7 @@ class Retry:
     @overload
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any], /) -> Callable[P, Any]:
-        if is_async_callable(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self.call(fn, *args, **kwargs)
-
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return self.call_sync(fn, *args, **kwargs)
-
-        return sync_wrapper
+        return decorate(fn, self.call, self.call_sync)
 
 
 def retry(

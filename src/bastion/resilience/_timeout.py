@@ -32,7 +32,7 @@ from bastion._core.clock import SYSTEM_CLOCK, Cancellable, Clock, SystemClock
 from bastion._core.errors import CallTimeoutError
 from bastion._core.events import CallTimedOut, EventBus, default_bus
 from bastion._core.validate import optional_positive_number, positive_number
-from bastion.resilience._invoke import is_async_callable
+from bastion.resilience._invoke import decorate
 from bastion.resilience._threads import start_in_thread
 
 __all__ = ["Timeout", "call_with_timeout", "call_with_timeout_sync"]
@@ -191,16 +191,4 @@ class Timeout:
     @overload
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any], /) -> Callable[P, Any]:
-        if is_async_callable(fn):
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self.call(fn, *args, **kwargs)
-
-            return async_wrapper
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return self.call_sync(fn, *args, **kwargs)
-
-        return sync_wrapper
+        return decorate(fn, self.call, self.call_sync)
