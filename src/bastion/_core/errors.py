@@ -13,18 +13,23 @@ is re-raised as it was, with a note saying how many attempts were made.
     ├── RejectedError               the call was refused before it ran: nothing happened
     │   ├── CircuitOpenError        the callee is failing; retry_after says when to try again
     │   ├── RateLimitError          over a rate limit; retry_after, limit, remaining
-│   ├── RequestTooLargeError    one call costs more than a limit allows per window: never fits
+    │   ├── RequestTooLargeError    one call costs more than a limit allows per window: never fits
     │   ├── BulkheadFullError       too many calls in flight and in the queue
     │   └── ShuttingDownError       the process is draining and admits no new runs
-    └── CallTimeoutError            (also TimeoutError) an attempt or the whole call ran too long
+    ├── CallTimeoutError            (also TimeoutError) an attempt or the whole call ran too long
+    ├── BudgetExceededError         a spending cap would be passed; cap, limit_usd, spent_usd
+    └── StoreUnavailableError       a shared store did not answer; backend, operation
 
 ``http_status`` on each class is the HTTP status the gateway answers with.
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 __all__ = [
     "BastionError",
+    "BudgetExceededError",
     "BulkheadFullError",
     "CallTimeoutError",
     "CircuitOpenError",
@@ -33,6 +38,7 @@ __all__ = [
     "RejectedError",
     "RequestTooLargeError",
     "ShuttingDownError",
+    "StoreUnavailableError",
     "summarize",
 ]
 
@@ -193,6 +199,42 @@ class CallTimeoutError(BastionError, TimeoutError):
         else:
             fate = "; stopped waiting (a sync call cannot be cancelled, it ends in the background)"
         super().__init__(f"{name!r} timed out after {timeout:g}s ({scope} timeout){fate}")
+
+
+class BudgetExceededError(BastionError):
+    """Spending this call would take a budget cap past its limit, so it was not made.
+
+    ``cap`` names the cap (``run``, ``user``, ``tenant``, ``month``, ``tracker``);
+    ``limit_usd`` and ``spent_usd`` say where it stands.
+    """
+
+    http_status = 402
+
+    def __init__(self, cap: str, *, limit_usd: Decimal, spent_usd: Decimal) -> None:
+        self.cap = cap
+        self.limit_usd = limit_usd
+        self.spent_usd = spent_usd
+        super().__init__(
+            f"budget cap {cap!r} reached: ${spent_usd} spent or reserved of ${limit_usd}; "
+            "raise the cap or wait for its period to roll over"
+        )
+
+
+class StoreUnavailableError(BastionError):
+    """A shared store (Redis, PostgreSQL, a SQLite file) did not answer in time or at all.
+
+    Each concern then follows its declared failure mode (fail-open or
+    fail-closed); this error is what fail-closed raises.
+    """
+
+    http_status = 503
+    transient = True
+
+    def __init__(self, backend: str, *, operation: str, reason: str) -> None:
+        self.backend = backend
+        self.operation = operation
+        self.reason = reason
+        super().__init__(f"store {backend!r} unavailable during {operation}: {reason}")
 
 
 def summarize(exc: BaseException, *, limit: int = 200) -> str:
