@@ -11,7 +11,13 @@ import pytest
 
 import bastion
 
-PUBLIC_MODULES = ["bastion", "bastion.resilience", "bastion.testing"]
+PUBLIC_MODULES = [
+    "bastion",
+    "bastion.resilience",
+    "bastion.testing",
+    "bastion.models",
+    "bastion.agents",
+]
 
 
 def isort_style(name: str) -> tuple[int, str]:

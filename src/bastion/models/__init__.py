@@ -14,6 +14,7 @@ from bastion.models._errors import (
     ProviderUnavailable,
     StreamInterrupted,
 )
+from bastion.models._router import FallbackChain, ModelChoice, create_fallback_chain
 from bastion.models._scripted import Reply, ScriptedModel
 from bastion.models._types import (
     Attempt,
@@ -36,9 +37,11 @@ __all__ = [
     "Completion",
     "ContentPolicyViolation",
     "ContextLengthExceeded",
+    "FallbackChain",
     "FinishReason",
     "MalformedResponse",
     "Message",
+    "ModelChoice",
     "ProviderBadRequest",
     "ProviderConnectionError",
     "ProviderError",
@@ -53,4 +56,5 @@ __all__ = [
     "ToolCall",
     "ToolSpec",
     "Usage",
+    "create_fallback_chain",
 ]
