@@ -13,12 +13,16 @@ from bastion.models import (
     ContentPolicyViolation,
     ContextLengthExceeded,
     FallbackChain,
+    Message,
     ModelChoice,
+    ProviderBadRequest,
     ProviderRateLimited,
     ProviderTimeout,
     ProviderUnavailable,
     Reply,
     ScriptedModel,
+    StreamChunk,
+    StreamInterrupted,
     create_fallback_chain,
 )
 from bastion.testing import FakeClock
@@ -236,3 +240,56 @@ async def test_usage_and_model_of_the_served_completion() -> None:
     completion = await chain(ScriptedModel([Reply(text="two words")], name="m")).complete(Q)
     assert completion.usage.output_tokens == 2
     assert completion.model == "m"
+
+
+async def collect(fallback: FallbackChain) -> list[StreamChunk]:
+    return [chunk async for chunk in fallback.stream(Q)]
+
+
+async def test_a_broken_stream_continues_on_the_next_model_with_the_partial_answer() -> None:
+    primary = ScriptedModel(
+        [Reply(text="The answer is forty", fail_after_chunks=3)], name="primary"
+    )
+    backup = ScriptedModel(["forty two."], name="backup")
+    chunks = await collect(chain(primary, backup))
+    assert "".join(c.text for c in chunks) == "The answer is forty two."
+    assert not any(c.restart for c in chunks)
+    continued = backup.requests[0].messages
+    assert continued[-1] == Message.assistant("The answer is ")
+    assert chunks[-1].finish_reason == "stop"
+
+
+async def test_a_backup_that_refuses_the_prefix_restarts_the_answer() -> None:
+    primary = ScriptedModel([Reply(text="Partial answer here", fail_after_chunks=1)], name="p")
+    refuses_prefix = ProviderBadRequest("assistant prefix not supported", provider="b")
+    backup = ScriptedModel([refuses_prefix, "A complete answer."], name="b")
+    chunks = await collect(chain(primary, backup))
+    texts = [c.text for c in chunks]
+    assert texts[0] == "Partial "
+    restart_at = next(i for i, c in enumerate(chunks) if c.restart)
+    assert "".join(texts[restart_at:]) == "A complete answer."
+    assert backup.requests[1].messages == Q.messages  # asked again without the prefix
+
+
+async def test_a_cut_stream_is_never_passed_off_as_complete() -> None:
+    primary = ScriptedModel([Reply(text="half an answer", fail_after_chunks=1)], name="p")
+    backup = ScriptedModel([down("b")], name="b")
+    received: list[str] = []
+
+    async def consume() -> None:
+        async for chunk in chain(primary, backup, static="static text").stream(Q):
+            received.append(chunk.text)
+
+    with pytest.raises(StreamInterrupted) as info:
+        await consume()
+    assert info.value.delivered_text == "half "
+    assert "static text" not in received
+
+
+async def test_content_policy_stops_a_stream() -> None:
+    refusal = ContentPolicyViolation("refused", provider="p", status_code=400)
+    primary = ScriptedModel([refusal], name="p")
+    backup = ScriptedModel(["b"], name="b")
+    with pytest.raises(ContentPolicyViolation):
+        await collect(chain(primary, backup))
+    assert backup.calls == 0

@@ -44,9 +44,18 @@ from bastion._core.usage import Usage
 from bastion.models._errors import (
     ContentPolicyViolation,
     ContextLengthExceeded,
+    ProviderBadRequest,
     ProviderTimeout,
+    StreamInterrupted,
 )
-from bastion.models._types import Attempt, ChatModel, ChatRequest, Completion, StreamChunk
+from bastion.models._types import (
+    Attempt,
+    ChatModel,
+    ChatRequest,
+    Completion,
+    Message,
+    StreamChunk,
+)
 from bastion.resilience._breaker import CircuitBreakerConfig
 from bastion.resilience._classify import is_transient
 from bastion.resilience._pipeline import Pipeline
@@ -194,48 +203,103 @@ class FallbackChain:
         return self._last_resort(request, attempts, errors)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
-        """Stream from the first model that starts answering; failures before the first
-        chunk fall through like :meth:`complete`."""
+        """Stream from the first model that answers; continue a broken stream on the next.
+
+        Failures before any text fall through like :meth:`complete`. When a
+        stream breaks or stalls after delivering text, the next model gets the
+        conversation plus the partial answer as an assistant prefix and its
+        text continues the same answer. A model that refuses the prefix (a
+        ``ProviderBadRequest``) is asked again without it, and its first chunk
+        carries ``restart=True``. If no model can finish, the caller gets
+        :class:`StreamInterrupted` with what was delivered -- never a cut
+        answer passed off as complete.
+        """
         attempts: list[Attempt] = []
         errors: list[tuple[str, Exception]] = []
+        delivered = ""
         for choice in self.order():
             model = choice.model
             skip = self._why_skip(choice, request, None)
             if skip is not None:
                 attempts.append(Attempt(model=model.name, error=skip, duration_s=0.0))
                 continue
-            breaker = self.breakers.get(model.name)
-            try:
-                permit = breaker.acquire()
-            except Exception as exc:
-                _note_refusal(attempts, model.name, exc)
-                errors.append((model.name, exc))
-                continue
-            started = self._clock.monotonic()
-            delivered = 0
-            try:
-                async for chunk in model.stream(request):
-                    delivered += 1
+            prefixed = bool(delivered)
+            restart = False
+            while True:
+                outcome = _StreamOutcome()
+                async for chunk in self._stream_one(
+                    model, request, delivered if prefixed else "", attempts, outcome, restart
+                ):
+                    if chunk.text:
+                        delivered += chunk.text
                     yield chunk
-            except ContentPolicyViolation as exc:
-                breaker.record_failure(permit, exc, self._clock.monotonic() - started)
-                raise
-            except Exception as exc:
-                breaker.record_failure(permit, exc, self._clock.monotonic() - started)
-                if delivered:
-                    raise
-                attempts.append(_attempt(model.name, exc, self._clock.monotonic() - started))
-                errors.append((model.name, exc))
-                continue
-            except BaseException:
-                breaker.release(permit)
-                raise
-            breaker.record_success(permit, self._clock.monotonic() - started)
-            return
+                if outcome.finished:
+                    return
+                if outcome.error is None:  # refused by its open breaker
+                    break
+                if isinstance(outcome.error, ContentPolicyViolation):
+                    raise outcome.error
+                errors.append((model.name, outcome.error))
+                if prefixed and not outcome.text and isinstance(outcome.error, ProviderBadRequest):
+                    prefixed = False  # it refused the prefix: start the answer over on it
+                    restart = True
+                    delivered = ""
+                    continue
+                break
+        if delivered:
+            raise StreamInterrupted(
+                "every model failed before the answer was complete",
+                provider="bastion",
+                model=self._name,
+                delivered_text=delivered,
+                delivered_chunks=sum(1 for a in attempts if a.error is None),
+            )
         completion = self._last_resort(request, attempts, errors)
         yield StreamChunk(
             text=completion.text, model=completion.model, finish_reason="stop", usage=Usage()
         )
+
+    async def _stream_one(
+        self,
+        model: ChatModel,
+        request: ChatRequest,
+        prefix: str,
+        attempts: list[Attempt],
+        outcome: _StreamOutcome,
+        restart: bool,
+    ) -> AsyncIterator[StreamChunk]:
+        """One model's stream under its breaker; how it ended goes into ``outcome``."""
+        breaker = self.breakers.get(model.name)
+        try:
+            permit = breaker.acquire()
+        except Exception as exc:
+            _note_refusal(attempts, model.name, exc)
+            return
+        if prefix:
+            request = request.replace(messages=(*request.messages, Message.assistant(prefix)))
+        clock = self._clock
+        started = clock.monotonic()
+        try:
+            async for chunk in model.stream(request):
+                if chunk.text:
+                    outcome.text += chunk.text
+                if restart and chunk.text:
+                    chunk = replace(chunk, restart=True)
+                    restart = False
+                yield chunk
+        except Exception as exc:
+            breaker.record_failure(permit, exc, clock.monotonic() - started)
+            attempts.append(_attempt(model.name, exc, clock.monotonic() - started))
+            outcome.error = exc
+            return
+        except BaseException:
+            breaker.release(permit)
+            raise
+        breaker.record_success(permit, clock.monotonic() - started)
+        attempts.append(
+            Attempt(model=model.name, error=None, duration_s=clock.monotonic() - started)
+        )
+        outcome.finished = True
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -328,6 +392,15 @@ def create_fallback_chain(
         for i, m in enumerate(models)
     ]
     return FallbackChain(choices, **options)
+
+
+@dataclass(slots=True)
+class _StreamOutcome:
+    """How one model's stream ended: finished, failed with ``error``, or refused (neither)."""
+
+    finished: bool = False
+    error: Exception | None = None
+    text: str = ""
 
 
 def _attempt(name: str, exc: BaseException, duration: float) -> Attempt:

@@ -198,6 +198,10 @@ class StreamChunk:
     ``text`` is the new text only. Tool calls arrive whole, on the chunk that
     carries the ``finish_reason``; ``usage`` arrives on the last chunk when the
     provider reports it.
+
+    ``restart`` is set on the first chunk of an answer that starts over: a
+    stream broke midway and the model that took over could not continue the
+    partial answer, so everything received before this chunk must be discarded.
     """
 
     text: str = ""
@@ -205,6 +209,7 @@ class StreamChunk:
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    restart: bool = False
 
 
 @runtime_checkable
