@@ -11,6 +11,7 @@ from importlib.metadata import version as _version
 from bastion._core.clock import SYSTEM_CLOCK, Clock, SystemClock
 from bastion._core.errors import (
     BastionError,
+    BudgetExceededError,
     BulkheadFullError,
     CallTimeoutError,
     CircuitOpenError,
@@ -19,6 +20,7 @@ from bastion._core.errors import (
     RejectedError,
     RequestTooLargeError,
     ShuttingDownError,
+    StoreUnavailableError,
 )
 from bastion._core.events import (
     CallRejected,
@@ -70,6 +72,7 @@ except _PackageNotFoundError:  # pragma: no cover - only from a bare source tree
 __all__ = [
     "SYSTEM_CLOCK",
     "BastionError",
+    "BudgetExceededError",
     "Bulkhead",
     "BulkheadConfig",
     "BulkheadFullError",
@@ -109,6 +112,7 @@ __all__ = [
     "ShutdownStarted",
     "ShuttingDownError",
     "SkippedAlternative",
+    "StoreUnavailableError",
     "SystemClock",
     "Timeout",
     "__version__",

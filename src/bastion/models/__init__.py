@@ -1,6 +1,8 @@
-"""Models: the chat protocol every provider speaks, its errors, and a scripted model for tests."""
+"""Models: the chat protocol every provider speaks, its errors, routing, tokens and cost."""
 
 from bastion._core.usage import Usage
+from bastion.models._context import CONTEXT_WINDOWS, ContextWindowManager, context_window_for
+from bastion.models._cost import BudgetExceeded, BudgetWarning, CostTracker, ModelSpend
 from bastion.models._errors import (
     AuthenticationFailed,
     ContentPolicyViolation,
@@ -14,8 +16,10 @@ from bastion.models._errors import (
     ProviderUnavailable,
     StreamInterrupted,
 )
+from bastion.models._pricing import ModelPrice, PricingTable, UnknownModelError
 from bastion.models._router import FallbackChain, ModelChoice, create_fallback_chain
 from bastion.models._scripted import Reply, ScriptedModel
+from bastion.models._tokens import count_message_tokens, count_tokens, estimate_tokens
 from bastion.models._types import (
     Attempt,
     ChatModel,
@@ -30,18 +34,26 @@ from bastion.models._types import (
 )
 
 __all__ = [
+    "CONTEXT_WINDOWS",
     "Attempt",
     "AuthenticationFailed",
+    "BudgetExceeded",
+    "BudgetWarning",
     "ChatModel",
     "ChatRequest",
     "Completion",
     "ContentPolicyViolation",
     "ContextLengthExceeded",
+    "ContextWindowManager",
+    "CostTracker",
     "FallbackChain",
     "FinishReason",
     "MalformedResponse",
     "Message",
     "ModelChoice",
+    "ModelPrice",
+    "ModelSpend",
+    "PricingTable",
     "ProviderBadRequest",
     "ProviderConnectionError",
     "ProviderError",
@@ -55,6 +67,11 @@ __all__ = [
     "StreamInterrupted",
     "ToolCall",
     "ToolSpec",
+    "UnknownModelError",
     "Usage",
+    "context_window_for",
+    "count_message_tokens",
+    "count_tokens",
     "create_fallback_chain",
+    "estimate_tokens",
 ]
