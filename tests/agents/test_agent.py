@@ -225,3 +225,22 @@ async def test_pydantic_results_are_serialised() -> None:
     answer = await Tool(typed).invoke(ToolCall(id="1", name="typed", arguments='{"city": "Oslo"}'))
     assert json.loads(answer) == {"city": "Oslo"}
     assert Usage() == Usage(input_tokens=0)
+
+
+async def test_pricing_table_and_context_manager_plug_in() -> None:
+    from bastion.models import ContextWindowManager, PricingTable
+
+    model = ScriptedModel(["fine"], name="gpt-4o-mini")
+    history = [Message.user("old question " * 200), Message.assistant("old answer " * 200)]
+    agent = Agent(
+        name="a",
+        model=model,
+        pricing=PricingTable.default().cost,
+        context=ContextWindowManager(max_tokens=300, model="gpt-4o-mini", reserve_for_reply=50).fit,
+    )
+    result = await agent.run([*history, Message.user("new question")])
+    assert result.cost_usd is not None
+    assert result.cost_usd > 0
+    sent = model.requests[0].messages
+    assert sent[-1] == Message.user("new question")
+    assert len(sent) == 1  # the old turns did not fit and were dropped
