@@ -44,3 +44,16 @@ def test_demo_rejects_bad_input_with_a_message() -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "requests" in result.stderr
+
+
+def test_chaos_server_command_is_registered() -> None:
+    result = bastion_cli("chaos-server", "--help")
+    assert result.returncode == 0
+    assert "--scenario" in result.stdout
+
+
+def test_chaos_server_rejects_a_missing_scenario_file_cleanly() -> None:
+    result = bastion_cli("chaos-server", "--scenario", "no-such-file.json")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "no-such-file.json" in result.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -40,6 +42,26 @@ def demo(
     from bastion._demo import run_demo
 
     asyncio.run(run_demo(Console(), requests=requests))
+
+
+@app.command("chaos-server")
+def chaos_server(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8900, min=0, max=65535, help="Port; 0 picks a free one."),
+    scenario: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="JSON or TOML file of scenario steps (see docs/chaos-server.md).",
+        ),
+    ] = None,
+) -> None:
+    """Serve OpenAI- and Anthropic-style endpoints that fail on cue, for testing agents."""
+    from bastion._chaos_cli import chaos_server_command
+
+    chaos_server_command(host=host, port=port, scenario_file=scenario)
 
 
 def main() -> None:

@@ -16,9 +16,11 @@ from bastion.models._errors import (
     ProviderUnavailable,
     StreamInterrupted,
 )
+from bastion.models._openai import OpenAIModel
 from bastion.models._pricing import ModelPrice, PricingTable, UnknownModelError
 from bastion.models._router import FallbackChain, ModelChoice, create_fallback_chain
 from bastion.models._scripted import Reply, ScriptedModel
+from bastion.models._timeouts import ModelTimeouts
 from bastion.models._tokens import count_message_tokens, count_tokens, estimate_tokens
 from bastion.models._types import (
     Attempt,
@@ -53,6 +55,8 @@ __all__ = [
     "ModelChoice",
     "ModelPrice",
     "ModelSpend",
+    "ModelTimeouts",
+    "OpenAIModel",
     "PricingTable",
     "ProviderBadRequest",
     "ProviderConnectionError",

@@ -1,0 +1,731 @@
+"""OpenAI-compatible chat completions: OpenAI itself, Azure OpenAI, and every server that copies it.
+
+vLLM, Ollama, Groq, Together, LM Studio and many gateways speak the same
+``POST /chat/completions`` dialect, so one provider serves them all: point
+``base_url`` at the server. What differs between them is tolerated rather
+than configured -- a finish reason spelled ``eos``, tool calls announced with
+``finish_reason: "stop"``, usage reported on the finish chunk or after it,
+a server that answers a stream request with one JSON body.
+
+The wire rules live here once, as pure functions (request body, completion,
+stream assembly, error mapping); :class:`OpenAIModel` is the thin shell that
+sends bytes through the transport. Errors map to the provider hierarchy the
+resilience core reads:
+
+==========================================  ===================================
+HTTP answer                                  error
+==========================================  ===================================
+429 (``retry-after``, ``retry-after-ms``,    :class:`ProviderRateLimited`, with
+``x-ratelimit-reset-*``)                     ``retry_after`` in seconds
+429 with code ``insufficient_quota``         :class:`ProviderBadRequest`: waiting will not help
+500-599, 529; 408, 409                       :class:`ProviderUnavailable`
+4xx, code ``context_length_exceeded`` or     :class:`ContextLengthExceeded`
+"maximum context length" in the message
+4xx, code ``content_filter``,                :class:`ContentPolicyViolation`
+``content_policy_violation``, ``invalid_prompt``
+401, 403                                     :class:`AuthenticationFailed`
+other 4xx                                    :class:`ProviderBadRequest`
+a 2xx body or event that cannot be read      :class:`MalformedResponse`
+==========================================  ===================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, Literal
+
+from bastion._core.clock import SYSTEM_CLOCK, Clock
+from bastion._core.errors import ConfigurationError
+from bastion._core.events import EventBus, default_bus
+from bastion._core.usage import Usage
+from bastion._core.validate import instance_of, one_of, whole_number
+from bastion.models._errors import (
+    AuthenticationFailed,
+    ContentPolicyViolation,
+    ContextLengthExceeded,
+    MalformedResponse,
+    ProviderBadRequest,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+    StreamInterrupted,
+)
+from bastion.models._sse import SSEParser, StreamEventSkipped, StreamTooLarge
+from bastion.models._timeouts import ModelTimeouts
+from bastion.models._transport import HttpStream, Transport, retry_after_from_headers
+from bastion.models._types import (
+    ChatRequest,
+    Completion,
+    FinishReason,
+    Message,
+    StreamChunk,
+    ToolCall,
+)
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "OpenAIModel",
+    "StreamAssembler",
+    "encode_request",
+    "error_from_response",
+    "normalise_finish",
+    "parse_completion",
+    "parse_usage",
+]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+PROVIDER = "openai"
+
+
+class OpenAIModel:
+    """A chat model behind an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    >>> model = OpenAIModel("gpt-4o-mini", api_key="sk-...")            # doctest: +SKIP
+    >>> local = OpenAIModel("llama3.1", base_url="http://localhost:11434/v1")  # doctest: +SKIP
+
+    ``api_key`` defaults to ``$OPENAI_API_KEY``; servers that need no key
+    (a local vLLM or Ollama) work without one. ``name`` (default: the model)
+    is how completions, metrics and the router refer to this model.
+
+    Azure OpenAI: pass ``deployment=`` (the URL then ends in
+    ``/openai/deployments/{deployment}/chat/completions``) and
+    ``api_version=`` (sent as ``?api-version=``; the key then goes in an
+    ``api-key`` header). ``max_tokens_param="max_completion_tokens"`` for the
+    models that refuse ``max_tokens``.
+
+    One pooled connection set per model object, opened on first use. Close it
+    with ``await model.aclose()`` or ``async with model:``.
+    """
+
+    __slots__ = (
+        "_bus",
+        "_clock",
+        "_max_tokens_param",
+        "_model",
+        "_name",
+        "_path",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str = DEFAULT_BASE_URL,
+        timeouts: ModelTimeouts | None = None,
+        name: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        headers: Mapping[str, str] | None = None,
+        api_version: str | None = None,
+        deployment: str | None = None,
+        max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+        max_connections: int = 100,
+        bus: EventBus | None = None,
+    ) -> None:
+        if not isinstance(model, str) or not model:
+            msg = (
+                f"OpenAIModel.model must be a non-empty model name such as 'gpt-4o'; got {model!r}"
+            )
+            raise ConfigurationError(msg)
+        one_of(
+            max_tokens_param,
+            "OpenAIModel.max_tokens_param",
+            ("max_tokens", "max_completion_tokens"),
+        )
+        whole_number(max_connections, "OpenAIModel.max_connections")
+        limits = instance_of(timeouts, ModelTimeouts, "OpenAIModel.timeouts")
+        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        if not key and base_url.rstrip("/") == DEFAULT_BASE_URL:
+            msg = (
+                f"OpenAIModel({model!r}) needs an API key for {DEFAULT_BASE_URL}: pass api_key= "
+                "or set OPENAI_API_KEY (servers that need no key: pass their base_url)"
+            )
+            raise ConfigurationError(msg)
+        wire_headers = {"Content-Type": "application/json", "User-Agent": "bastion"}
+        if key:
+            if api_version is not None:
+                wire_headers["api-key"] = key
+            else:
+                wire_headers["Authorization"] = f"Bearer {key}"
+        wire_headers.update(headers or {})
+        self._model = model
+        self._name = name or model
+        self._clock = clock
+        self._bus = bus
+        self._max_tokens_param = max_tokens_param
+        self._path = (
+            f"/openai/deployments/{deployment}/chat/completions"
+            if deployment
+            else "/chat/completions"
+        )
+        self._transport = Transport(
+            base_url,
+            provider=PROVIDER,
+            headers=wire_headers,
+            query={"api-version": api_version} if api_version is not None else None,
+            timeouts=limits,
+            clock=clock,
+            max_connections=max_connections,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIModel({self._model!r}, base_url={self._transport.base_url!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def model(self) -> str:
+        """The model asked for when a request does not name one."""
+        return self._model
+
+    @property
+    def url(self) -> str:
+        """Where requests go."""
+        return self._transport.url(self._path)
+
+    @property
+    def timeouts(self) -> ModelTimeouts:
+        return self._transport.timeouts
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        """Ask for the whole answer in one response."""
+        model = request.model or self._model
+        body = encode_request(
+            request, model=model, stream=False, max_tokens_param=self._max_tokens_param
+        )
+        reply = await self._transport.post(self._path, body, model=model)
+        if not 200 <= reply.status < 300:
+            raise error_from_response(
+                reply.status, reply.headers, reply.body, model=model, now=self._clock.time()
+            )
+        data = _json_body(reply.body, model)
+        return parse_completion(
+            data,
+            model=model,
+            latency_s=self._clock.monotonic() - reply.started_at,
+            ttft_s=reply.headers_at - reply.started_at,
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        """Yield the answer as it is written; the last chunk has the finish reason and usage.
+
+        A stream that breaks after part of the answer was yielded raises
+        :class:`StreamInterrupted` (with the text delivered so far); one that
+        breaks before anything was yielded raises the underlying error.
+        """
+        model = request.model or self._model
+        body = encode_request(
+            request, model=model, stream=True, max_tokens_param=self._max_tokens_param
+        )
+        http = await self._transport.open_stream(self._path, body, model=model)
+        try:
+            if not 200 <= http.status < 300:
+                raw = await http.read_all()
+                raise error_from_response(
+                    http.status, http.headers, raw, model=model, now=self._clock.time()
+                )
+            if "event-stream" not in http.headers.get("Content-Type", ""):
+                # Some servers ignore stream=true and answer in one piece.
+                data = _json_body(await http.read_all(), model)
+                whole = parse_completion(data, model=model)
+                if whole.text:
+                    yield StreamChunk(text=whole.text, model=whole.model)
+                yield StreamChunk(
+                    model=whole.model,
+                    tool_calls=whole.tool_calls,
+                    finish_reason=whole.finish_reason,
+                    usage=whole.usage,
+                )
+                return
+            async with contextlib.aclosing(self._read_stream(http, model)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            http.close()
+
+    async def _read_stream(self, http: HttpStream, model: str) -> AsyncGenerator[StreamChunk, None]:
+        parser = SSEParser()
+        assembler = StreamAssembler(model)
+        position = 0
+        while True:
+            try:
+                data = await http.read()
+            except ProviderError as exc:
+                if assembler.finish is not None:
+                    break  # the answer was complete; only usage or [DONE] went missing
+                raise assembler.interrupted(exc)  # noqa: B904 - the cause is set on the error
+            skipped = parser.skipped
+            try:
+                events = parser.feed(data) if data else parser.close()
+            except StreamTooLarge as exc:
+                raise MalformedResponse(str(exc), provider=PROVIDER, model=model) from exc
+            for _ in range(parser.skipped - skipped):
+                self._skipped(model, position, "an event that is not UTF-8")
+                position += 1
+            for event in events:
+                position += 1
+                text = event.data
+                if text == "[DONE]":
+                    if assembler.finish is None:
+                        raise assembler.interrupted(None)
+                    yield assembler.final()
+                    return
+                try:
+                    obj = json.loads(text)
+                    chunk = assembler.accept(obj)
+                except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                    self._skipped(model, position - 1, _unreadable(exc))
+                    continue
+                except ProviderError as exc:
+                    raise assembler.interrupted(exc)  # noqa: B904 - the cause is set on the error
+                if assembler.started and not assembler.timing_switched:
+                    assembler.timing_switched = True
+                    http.first_token()
+                if chunk is not None:
+                    yield chunk
+            if not data:
+                break
+        if assembler.finish is None:
+            raise assembler.interrupted(None)
+        yield assembler.final()
+
+    def _skipped(self, model: str, position: int, reason: str) -> None:
+        bus = self._bus if self._bus is not None else default_bus()
+        bus.emit(
+            StreamEventSkipped(source=self._name, model=model, position=position, reason=reason)
+        )
+
+    async def aclose(self) -> None:
+        """Close the pooled connections (a later call opens new ones)."""
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> OpenAIModel:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _unreadable(exc: BaseException) -> str:
+    if isinstance(exc, ValueError):
+        return "an event whose data is not JSON"
+    return "an event that is not a chat completion chunk"
+
+
+# -- request -------------------------------------------------------------------------------
+
+
+def encode_request(
+    request: ChatRequest,
+    *,
+    model: str,
+    stream: bool,
+    max_tokens_param: str = "max_tokens",
+) -> bytes:
+    """The JSON body of a ``/chat/completions`` request."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [_message(message) for message in request.messages],
+    }
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if request.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    **({"description": tool.description} if tool.description else {}),
+                    "parameters": tool.parameters,
+                },
+            }
+            for tool in request.tools
+        ]
+    choice = request.tool_choice
+    if choice is not None:
+        body["tool_choice"] = (
+            choice
+            if choice in ("auto", "none", "required")
+            else {"type": "function", "function": {"name": choice}}
+        )
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.max_tokens is not None:
+        body[max_tokens_param] = request.max_tokens
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.response_format is not None:
+        body["response_format"] = _response_format(request.response_format)
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=_plain).encode()
+
+
+def _message(message: Message) -> dict[str, Any]:
+    role = message.role
+    if role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    wire: dict[str, Any] = {"role": role, "content": message.content}
+    if message.name:
+        wire["name"] = message.name
+    if message.tool_calls:
+        wire["content"] = message.content or None
+        wire["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+    return wire
+
+
+def _response_format(value: str | Mapping[str, Any]) -> Mapping[str, Any]:
+    if value == "text":
+        return {"type": "text"}
+    if value == "json":
+        return {"type": "json_object"}
+    if isinstance(value, Mapping):
+        if value.get("type") in ("text", "json_object", "json_schema"):
+            return value  # already in wire form
+        title = value.get("title")
+        name = title if isinstance(title, str) and title else "response"
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": value}}
+    msg = f"ChatRequest.response_format must be 'text', 'json' or a JSON schema; got {value!r}"
+    raise ConfigurationError(msg)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    msg = f"{type(value).__name__} cannot be sent as JSON"
+    raise TypeError(msg)
+
+
+# -- response ------------------------------------------------------------------------------
+
+
+def _json_body(body: bytes, model: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        msg = f"the response body is not JSON ({len(body)} bytes)"
+        raise MalformedResponse(msg, provider=PROVIDER, model=model) from exc
+
+
+def parse_completion(
+    data: Any, *, model: str, latency_s: float = 0.0, ttft_s: float | None = None
+) -> Completion:
+    """A :class:`Completion` from a ``chat.completion`` object; ``model`` is the one asked for."""
+    try:
+        choice = data["choices"][0]
+        message = choice["message"]
+        text = _text(message.get("content"))
+        calls = tuple(
+            ToolCall(
+                id=call.get("id") or f"call_{index}",
+                name=call["function"]["name"],
+                arguments=call["function"].get("arguments") or "{}",
+            )
+            for index, call in enumerate(message.get("tool_calls") or ())
+        )
+        finish = normalise_finish(choice.get("finish_reason"), has_tool_calls=bool(calls))
+        served = data.get("model")
+        return Completion(
+            text=text,
+            model=served if isinstance(served, str) and served else model,
+            finish_reason=finish,
+            tool_calls=calls,
+            usage=parse_usage(data.get("usage")),
+            latency_s=latency_s,
+            ttft_s=ttft_s,
+            id=data.get("id") if isinstance(data.get("id"), str) else None,
+        )
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        msg = "the response is not a chat completion (no choices[0].message)"
+        raise MalformedResponse(msg, provider=PROVIDER, model=model) from exc
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts, as some compatible servers send
+        return "".join(part.get("text", "") for part in content if isinstance(part, Mapping))
+    msg = f"message content is {type(content).__name__}, not text"
+    raise TypeError(msg)
+
+
+def parse_usage(raw: Any) -> Usage:
+    """Token usage, with cached prompt tokens from ``prompt_tokens_details.cached_tokens``."""
+    if not isinstance(raw, Mapping):
+        return Usage()
+    prompt = _count(raw.get("prompt_tokens"))
+    details = raw.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=_count(raw.get("completion_tokens")),
+        cached_tokens=min(cached, prompt),
+    )
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
+
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+    "error": "error",
+    # spellings seen on compatible servers
+    "eos": "stop",
+    "eos_token": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_length": "length",
+    "tool_use": "tool_calls",
+}
+
+
+def normalise_finish(reason: Any, *, has_tool_calls: bool) -> FinishReason:
+    """One of the five finish reasons; tool calls win over ``stop`` (some servers say ``stop``)."""
+    finish = _FINISH.get(reason, "stop") if isinstance(reason, str) else "stop"
+    if has_tool_calls and finish == "stop":
+        return "tool_calls"
+    return finish
+
+
+class StreamAssembler:
+    """Turns ``chat.completion.chunk`` objects into :class:`StreamChunk` s, pure and I/O-free.
+
+    Text is passed on as it comes. Tool calls arrive as fragments spread over
+    many chunks (an id and name first, then pieces of the arguments, keyed by
+    ``index``); they are put together here and handed over whole on the final
+    chunk, with the finish reason and the usage.
+    """
+
+    __slots__ = (
+        "_texts",
+        "_tools",
+        "chunks",
+        "finish",
+        "model",
+        "started",
+        "timing_switched",
+        "usage",
+    )
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._texts: list[str] = []
+        self._tools: dict[int, list[Any]] = {}
+        self.finish: FinishReason | None = None
+        self.usage: Usage | None = None
+        self.chunks = 0
+        """Chunks handed to the caller so far."""
+        self.started = False
+        """Whether any part of the answer (text, a tool call, a finish reason) has arrived."""
+        self.timing_switched = False
+
+    @property
+    def text(self) -> str:
+        """The text handed to the caller so far."""
+        return "".join(self._texts)
+
+    def accept(self, obj: Mapping[str, Any]) -> StreamChunk | None:
+        """Take one decoded event; return the chunk to pass on now, if it carries text."""
+        if "choices" not in obj and "error" in obj:
+            raise _stream_error(obj["error"], self.model)
+        usage = obj.get("usage")
+        if usage:
+            self.usage = parse_usage(usage)
+        served = obj.get("model")
+        if served and isinstance(served, str):
+            self.model = served
+        choices = obj.get("choices")
+        if not choices:
+            return None
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        calls = delta.get("tool_calls")
+        if calls:
+            self.started = True
+            for call in calls:
+                self._tool_fragment(call)
+        reason = choice.get("finish_reason")
+        if reason:
+            self.started = True
+            self.finish = normalise_finish(reason, has_tool_calls=bool(self._tools))
+        content = delta.get("content")
+        if content:
+            if not isinstance(content, str):
+                content = _text(content)
+            self.started = True
+            self._texts.append(content)
+            self.chunks += 1
+            return StreamChunk(text=content, model=self.model)
+        return None
+
+    def _tool_fragment(self, call: Mapping[str, Any]) -> None:
+        index = call.get("index")
+        if not isinstance(index, int):
+            index = len(self._tools)
+        entry = self._tools.get(index)
+        if entry is None:
+            entry = self._tools[index] = ["", "", []]
+        if call.get("id"):
+            entry[0] = call["id"]
+        function = call.get("function") or {}
+        if function.get("name") and not entry[1]:
+            entry[1] = function["name"]
+        arguments = function.get("arguments")
+        if arguments:
+            entry[2].append(arguments)
+
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return tuple(
+            ToolCall(
+                id=entry[0] or f"call_{index}", name=entry[1], arguments="".join(entry[2]) or "{}"
+            )
+            for index, entry in sorted(self._tools.items())
+        )
+
+    def final(self) -> StreamChunk:
+        """The last chunk: finish reason, whole tool calls, usage."""
+        calls = self.tool_calls()
+        finish = self.finish or "stop"
+        if calls and finish == "stop":
+            finish = "tool_calls"
+        return StreamChunk(
+            model=self.model, tool_calls=calls, finish_reason=finish, usage=self.usage
+        )
+
+    def interrupted(self, cause: ProviderError | None) -> ProviderError:
+        """The error for a stream that ended before its finish reason.
+
+        :class:`StreamInterrupted` once the caller has text; before that, the
+        cause itself (nothing was delivered, so the call can simply be redone).
+        """
+        if self.chunks:
+            reason = _why_cut(cause)
+            interrupted = StreamInterrupted(
+                reason,
+                provider=PROVIDER,
+                model=self.model,
+                delivered_text=self.text,
+                delivered_chunks=self.chunks,
+            )
+            interrupted.__cause__ = cause
+            return interrupted
+        if cause is not None:
+            return cause
+        return ProviderConnectionError(
+            "the stream ended before any part of the answer", provider=PROVIDER, model=self.model
+        )
+
+
+def _why_cut(cause: ProviderError | None) -> str:
+    if cause is None:
+        return "the stream ended without a finish reason"
+    if isinstance(cause, ProviderTimeout):
+        return f"the stream stalled ({cause.kind} limit of {cause.timeout:g}s)"
+    if isinstance(cause, ProviderConnectionError):
+        return "the connection broke mid-stream"
+    return f"the stream failed ({type(cause).__name__})"
+
+
+def _stream_error(error: Any, model: str) -> ProviderError:
+    message = error.get("message") if isinstance(error, Mapping) else error
+    return ProviderUnavailable(
+        f"the provider reported an error mid-stream: {_clip(str(message))}",
+        provider=PROVIDER,
+        model=model,
+    )
+
+
+# -- errors --------------------------------------------------------------------------------
+
+_CONTENT_CODES = frozenset({"content_filter", "content_policy_violation", "invalid_prompt"})
+
+
+def error_from_response(
+    status: int, headers: Mapping[str, str], body: bytes, *, model: str | None, now: float
+) -> ProviderError:
+    """The typed error for an HTTP answer that is not a success; ``now`` is wall-clock time."""
+    message, code, kind = _error_fields(body)
+    text = message or f"HTTP {status}"
+    if status == 429:
+        if code == "insufficient_quota" or kind == "insufficient_quota":
+            return ProviderBadRequest(
+                f"{text} (quota exhausted: waiting will not help)",
+                provider=PROVIDER,
+                model=model,
+                status_code=status,
+            )
+        return ProviderRateLimited(
+            text,
+            provider=PROVIDER,
+            model=model,
+            status_code=status,
+            retry_after=retry_after_from_headers(headers, now=now),
+        )
+    if status >= 500 or status in (408, 409):
+        return ProviderUnavailable(text, provider=PROVIDER, model=model, status_code=status)
+    if status in (401, 403):
+        return AuthenticationFailed(text, provider=PROVIDER, model=model, status_code=status)
+    if 400 <= status < 500:
+        if code == "context_length_exceeded" or "maximum context length" in text.lower():
+            return ContextLengthExceeded(text, provider=PROVIDER, model=model, status_code=status)
+        if code in _CONTENT_CODES or kind in _CONTENT_CODES:
+            return ContentPolicyViolation(text, provider=PROVIDER, model=model, status_code=status)
+        return ProviderBadRequest(text, provider=PROVIDER, model=model, status_code=status)
+    return MalformedResponse(
+        f"unexpected HTTP status {status}", provider=PROVIDER, model=model, status_code=status
+    )
+
+
+def _error_fields(body: bytes) -> tuple[str, str | None, str | None]:
+    """``(message, code, type)`` from an OpenAI-style error body, or its raw text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return _clip(body.decode("utf-8", "replace").strip()), None, None
+    error = data.get("error", data) if isinstance(data, Mapping) else data
+    if isinstance(error, str):
+        return _clip(error), None, None
+    if not isinstance(error, Mapping):
+        return _clip(str(error)), None, None
+    message = error.get("message")
+    code = error.get("code")
+    kind = error.get("type")
+    return (
+        _clip(str(message)) if message else "",
+        code if isinstance(code, str) else None,
+        kind if isinstance(kind, str) else None,
+    )
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
