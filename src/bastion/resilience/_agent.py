@@ -94,6 +94,7 @@ class ResilientAgent(Generic[T]):
 
     __slots__ = (
         "__weakref__",
+        "_gate",
         "_graceful",
         "_health",
         "_loop",
@@ -109,6 +110,7 @@ class ResilientAgent(Generic[T]):
         *,
         target: Target,
         pipeline: Pipeline,
+        gate: ShutdownGate,
         health: HealthTracker | None,
         graceful_shutdown: bool,
         shutdown_timeout: float,
@@ -116,6 +118,7 @@ class ResilientAgent(Generic[T]):
         self.wrapped = wrapped
         self._target = target
         self._pipeline = pipeline
+        self._gate = gate
         self._health = health
         self._graceful = graceful_shutdown
         self._shutdown_timeout = shutdown_timeout
@@ -244,7 +247,7 @@ class ResilientAgent(Generic[T]):
             msg = f"health checks are off for {self.name!r}; build it with health_check=True"
             raise ConfigurationError(msg)
         breaker = self._pipeline.breaker
-        gate = self._pipeline.gate
+        gate = self._gate
         return self._health.report(
             name=self.name,
             circuit_state=str(breaker.state) if breaker is not None else None,
@@ -258,7 +261,7 @@ class ResilientAgent(Generic[T]):
         ``timeout`` defaults to the ``shutdown_timeout`` option (30 s).
         """
         wait = self._shutdown_timeout if timeout is None else timeout
-        return await self._pipeline.gate.drain(wait)
+        return await self._gate.drain(wait)
 
 
 @overload
@@ -388,9 +391,10 @@ def _build(wrapped: object, target: Target, options: ResilienceOptions) -> Resil
     if shutdown_timeout is None:
         msg = "shutdown_timeout must be a number of seconds > 0: a drain needs a bound; got None"
         raise ConfigurationError(msg)
+    gate = ShutdownGate(name, clock=clock, bus=bus)
     pipeline = Pipeline(
         name=name,
-        gate=ShutdownGate(name, clock=clock, bus=bus),
+        gate=gate,
         fallback=fallback,
         limiter=limiter,
         total_timeout=check_timeout(options.get("total_timeout"), "total_timeout"),
@@ -405,6 +409,7 @@ def _build(wrapped: object, target: Target, options: ResilienceOptions) -> Resil
         wrapped,
         target=target,
         pipeline=pipeline,
+        gate=gate,
         health=health,
         graceful_shutdown=bool(options.get("graceful_shutdown", True)),
         shutdown_timeout=shutdown_timeout,

@@ -2,7 +2,7 @@
 
 Outermost first::
 
-    shutdown gate      refuse new runs while draining
+    shutdown gate      refuse new runs while draining (None: the owner drains)
     fallback           serve from a backup when everything below failed
     rate limit         admission: refuse (or briefly delay) callers over their limit
     total timeout      a deadline over all attempts and backoffs (off unless set)
@@ -80,7 +80,7 @@ class Pipeline:
         self,
         *,
         name: str,
-        gate: ShutdownGate,
+        gate: ShutdownGate | None,
         fallback: Fallback | None = None,
         limiter: RateLimiter | None = None,
         total_timeout: float | None = None,
@@ -119,7 +119,7 @@ class Pipeline:
     ) -> FallbackResult[Any]:
         """Run ``call`` (one attempt each time it is called) through every configured strategy."""
         gate = self.gate
-        task = gate.enter()
+        task = gate.enter() if gate is not None else None
         try:
             if self.fallback is None:
                 return FallbackResult(await self._admitted(call, args, kwargs, task), self.name, 0)
@@ -127,13 +127,16 @@ class Pipeline:
                 lambda: self._admitted(call, args, kwargs, task), self.name, args, kwargs
             )
         finally:
-            gate.exit(task)
+            if gate is not None:
+                gate.exit(task)
 
     async def run_value(
         self, call: Callable[[], Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> T:
         """:meth:`run` for a pipeline without fallback: just the value, nothing to report."""
         gate = self.gate
+        if gate is None:
+            return await self._admitted(call, args, kwargs, None)
         task = gate.enter()
         try:
             return await self._admitted(call, args, kwargs, task)
@@ -255,7 +258,8 @@ class Pipeline:
     ) -> FallbackResult[Any]:
         """:meth:`run` for a blocking callee; the loop runs here, attempts may use a worker."""
         gate = self.gate
-        gate.enter_sync()
+        if gate is not None:
+            gate.enter_sync()
         try:
             if self.fallback is None:
                 return FallbackResult(self._admitted_sync(call, args, kwargs), self.name, 0)
@@ -263,7 +267,8 @@ class Pipeline:
                 lambda: self._admitted_sync(call, args, kwargs), self.name, args, kwargs
             )
         finally:
-            gate.exit_sync()
+            if gate is not None:
+                gate.exit_sync()
 
     def _admitted_sync(
         self, call: Callable[[], T], args: tuple[Any, ...], kwargs: dict[str, Any]
