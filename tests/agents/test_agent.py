@@ -10,10 +10,11 @@ from typing import Literal
 import pydantic
 import pytest
 
-from bastion import CircuitBreakerConfig, RetryConfig, with_resilience
-from bastion.agents import Agent, Tool, ToolError, tool
+from bastion import CircuitBreakerConfig, EventBus, RetryConfig, with_resilience
+from bastion.agents import Agent, StepLimitReached, Tool, ToolError, tool
 from bastion.models import (
     ChatRequest,
+    FallbackChain,
     Message,
     ProviderUnavailable,
     Reply,
@@ -170,9 +171,48 @@ async def test_continuing_a_conversation() -> None:
 async def test_streaming_the_final_answer() -> None:
     model = ScriptedModel([Reply.tool("get_weather", '{"city": "Rome"}'), "Sunny in Rome."])
     agent = Agent(name="a", model=model, tools=[get_weather])
-    pieces = [piece async for piece in agent.stream("q")]
+    pieces = [chunk.text async for chunk in agent.stream("q")]
     assert "".join(pieces) == "Sunny in Rome."
     assert model.calls == 2
+
+
+async def test_streaming_honours_restarts_and_the_step_limit() -> None:
+    primary = ScriptedModel([Reply(text="Hello wor", fail_after_chunks=1)], name="p")
+    backup = ScriptedModel(["Fresh answer."], name="b", supports_prefill=False)
+    chain = FallbackChain([primary, backup], bus=EventBus(), clock=FakeClock(auto_advance=True))
+    agent = Agent(name="a", model=chain)
+    chunks = [chunk async for chunk in agent.stream("q")]
+    restart_at = next(i for i, c in enumerate(chunks) if c.restart)
+    assert "".join(c.text for c in chunks[restart_at:]) == "Fresh answer."
+
+    looping = ScriptedModel([Reply.tool("get_weather", '{"city": "X"}')])
+    agent = Agent(name="loop", model=looping, tools=[get_weather], max_steps=2)
+
+    async def drain() -> None:
+        async for _ in agent.stream("q"):
+            pass
+
+    with pytest.raises(StepLimitReached, match="max_steps=2"):
+        await drain()
+
+
+async def test_an_unpriced_answer_keeps_the_answer_and_reports_unknown_cost() -> None:
+    from bastion.models import PricingTable
+
+    primary = ScriptedModel([ProviderUnavailable("down", provider="p")], name="p")
+    chain = FallbackChain(
+        [primary], static="Sorry.", bus=EventBus(), clock=FakeClock(auto_advance=True)
+    )
+    agent = Agent(name="a", model=chain, pricing=PricingTable.default().cost)
+    result = await agent.run("q")
+    assert result.output == "Sorry."
+    assert result.cost_usd is None
+    unknown = Agent(
+        name="b",
+        model=ScriptedModel(["x"], name="my-local-llm"),
+        pricing=PricingTable.default().cost,
+    )
+    assert (await unknown.run("q")).cost_usd is None
 
 
 async def test_context_hook_shapes_every_request() -> None:

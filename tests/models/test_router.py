@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from bastion import CircuitBreakerRegistry, EventBus, FallbackUsed
+from bastion import CircuitBreakerRegistry, CircuitOpenError, EventBus, FallbackUsed
 from bastion.models import (
     ChatRequest,
     ContentPolicyViolation,
@@ -61,7 +61,8 @@ async def test_one_500_is_retried_on_the_same_model() -> None:
     assert completion.model == "primary"
     assert primary.calls == 2
     assert backup.calls == 0
-    assert completion.degraded  # an attempt failed on the way
+    assert not completion.degraded  # the first choice served, after one retry
+    assert [a.error is None for a in completion.attempts] == [False, True]
 
 
 async def test_a_persistent_failure_moves_on_after_a_bounded_number_of_attempts() -> None:
@@ -255,7 +256,7 @@ async def test_a_broken_stream_continues_on_the_next_model_with_the_partial_answ
     assert "".join(c.text for c in chunks) == "The answer is forty two."
     assert not any(c.restart for c in chunks)
     continued = backup.requests[0].messages
-    assert continued[-1] == Message.assistant("The answer is ")
+    assert continued[-1] == Message.assistant("The answer is")  # sent without trailing space
     assert chunks[-1].finish_reason == "stop"
 
 
@@ -293,3 +294,61 @@ async def test_content_policy_stops_a_stream() -> None:
     with pytest.raises(ContentPolicyViolation):
         await collect(chain(primary, backup))
     assert backup.calls == 0
+
+
+async def test_streams_get_the_same_retries_and_waits_as_calls() -> None:
+    clock = FakeClock(auto_advance=True)
+    throttled = ProviderRateLimited("slow down", provider="p", retry_after=1.5)
+    primary = ScriptedModel([down(), throttled, "streamed after retries"], name="primary")
+    backup = ScriptedModel(["backup"], name="backup")
+    chunks = await collect(chain(primary, backup, clock=clock))
+    assert "".join(c.text for c in chunks) == "streamed after retries"
+    assert primary.calls == 3
+    assert 1.5 in clock.sleeps
+    assert backup.calls == 0
+
+
+async def test_a_stream_with_every_breaker_open_says_so() -> None:
+    registry = CircuitBreakerRegistry()
+    one, two = ScriptedModel(["a"], name="a"), ScriptedModel(["b"], name="b")
+    fallback = FallbackChain([one, two], breakers=registry, bus=EventBus())
+    registry.get("a").force_open()
+    registry.get("b").force_open()
+    with pytest.raises(CircuitOpenError):
+        await collect(fallback)
+
+
+async def test_a_backup_without_prefill_restarts_and_static_is_never_appended() -> None:
+    primary = ScriptedModel([Reply(text="Hello wor", fail_after_chunks=1)], name="p")
+    no_prefill = ScriptedModel(["Fresh answer."], name="b", supports_prefill=False)
+    chunks = await collect(chain(primary, no_prefill))
+    assert chunks[0].text == "Hello "
+    assert not chunks[0].restart
+    assert chunks[1].restart
+    assert "".join(c.text for c in chunks[1:]) == "Fresh answer."
+    assert no_prefill.requests[0].messages == Q.messages
+
+    primary = ScriptedModel([Reply(text="Hello wor", fail_after_chunks=1)], name="p")
+    failing = ScriptedModel([down("b")], name="b", supports_prefill=False)
+    with pytest.raises(StreamInterrupted) as info:
+        await collect(chain(primary, failing, static="Sorry."))
+    assert info.value.delivered_text == "Hello "
+    assert info.value.delivered_chunks == 1
+
+
+async def test_a_request_naming_a_model_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"leave ChatRequest\.model unset"):
+        await chain(ScriptedModel(["a"], name="a")).complete(ChatRequest.of("q", model="gpt-4o"))
+
+
+async def test_served_by_names_the_member_and_closing_closes_members() -> None:
+    closed: list[str] = []
+
+    class Closable(ScriptedModel):
+        async def aclose(self) -> None:
+            closed.append(self.name)
+
+    async with chain(Closable(["x"], name="member")) as fallback:
+        completion = await fallback.complete(Q)
+    assert completion.served_by == "member"
+    assert closed == ["member"]

@@ -121,15 +121,16 @@ async def test_a_down_primary_is_skipped_then_takes_traffic_back(server: ChaosSe
     assert completion.text == "primary is back"
 
 
-async def test_a_stream_cut_midway_continues_on_the_backup(server: ChaosServer) -> None:
+async def test_a_stream_cut_midway_restarts_on_an_openai_backup(server: ChaosServer) -> None:
+    # OpenAI-compatible chat completions cannot continue a trailing assistant message, so
+    # the backup starts the answer over and says so with restart=True.
     server.set_scenario(Step.cut(3, "one two three four five six"), route="primary")
-    server.set_scenario(Step.ok("four five six"), route="backup")
+    server.set_scenario(Step.ok("a whole new answer"), route="backup")
     primary, backup = models(server)
     async with primary, backup:
         chunks = [c async for c in chain(primary, backup).stream(Q)]
-    text = "".join(c.text for c in chunks)
-    assert text.startswith("one two three")
-    assert text.endswith("four five six")
-    continued = server.requests[-1].body["messages"]
-    assert continued[-1]["role"] == "assistant"
-    assert continued[-1]["content"] == text[: len(text) - len("four five six")]
+    restart_at = next(i for i, c in enumerate(chunks) if c.restart)
+    assert "".join(c.text for c in chunks[:restart_at]).startswith("one two")
+    assert "".join(c.text for c in chunks[restart_at:]) == "a whole new answer"
+    sent = server.requests[-1].body["messages"]
+    assert sent[-1]["role"] == "user"  # no prefix was sent to a model that cannot use it

@@ -16,6 +16,7 @@ answers without asking for a tool, or at ``max_steps`` with
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,12 +24,36 @@ from decimal import Decimal
 from typing import Any
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
-from bastion._core.errors import ConfigurationError
+from bastion._core.errors import BastionError, ConfigurationError
 from bastion._core.usage import Usage
 from bastion.agents._tools import Tool
-from bastion.models._types import ChatModel, ChatRequest, Completion, Message, ToolCall
+from bastion.models._types import (
+    ChatModel,
+    ChatRequest,
+    Completion,
+    Message,
+    StreamChunk,
+    ToolCall,
+)
 
-__all__ = ["Agent", "RunResult"]
+__all__ = ["Agent", "RunResult", "StepLimitReached"]
+
+_log = logging.getLogger("bastion.agents")
+
+
+class StepLimitReached(BastionError):
+    """A streamed run used all its steps and the model still asked for tools."""
+
+    http_status = 502
+
+    def __init__(self, agent: str, steps: int) -> None:
+        self.agent = agent
+        self.steps = steps
+        super().__init__(
+            f"agent {agent!r} reached max_steps={steps} while the model still asked for tools; "
+            "raise max_steps or check the tools' answers"
+        )
+
 
 Pricer = Callable[[str, Usage], Decimal]
 
@@ -126,22 +151,31 @@ class Agent:
         msg = "Agent.run_sync() cannot run inside an event loop; use `await agent.run(...)`"
         raise ConfigurationError(msg)
 
-    async def stream(self, input: str | Sequence[Message]) -> AsyncIterator[str]:
-        """Yield the answer's text as it arrives; tool steps run in between, silently."""
+    async def stream(self, input: str | Sequence[Message]) -> AsyncIterator[StreamChunk]:
+        """Yield the answer's chunks as they arrive; tool steps run in between.
+
+        A chunk with ``restart=True`` means the model behind a fallback chain
+        started the answer over: discard the text received so far. A model
+        that still asks for tools after ``max_steps`` raises
+        :class:`StepLimitReached` rather than ending the stream silently.
+        """
         messages = self._start(input)
         for _ in range(self.max_steps):
             text: list[str] = []
             calls: tuple[ToolCall, ...] = ()
             async for chunk in self.model.stream(self._request(messages)):
+                if chunk.restart:
+                    text.clear()
                 if chunk.text:
                     text.append(chunk.text)
-                    yield chunk.text
                 if chunk.tool_calls:
                     calls = chunk.tool_calls
+                yield chunk
             messages.append(Message.assistant("".join(text), tool_calls=calls))
             if not calls:
                 return
             messages.extend(await self._run_tools(calls))
+        raise StepLimitReached(self.name, self.max_steps)
 
     def _start(self, input: str | Sequence[Message]) -> list[Message]:
         history = [Message.user(input)] if isinstance(input, str) else list(input)
@@ -183,11 +217,21 @@ class _Tally:
     usage: Usage = field(default_factory=Usage)
     cost: Decimal | None = None
     degraded: bool = False
+    priced: bool = True
 
     def add(self, completion: Completion) -> None:
         self.usage += completion.usage
-        if self.pricing is not None:
-            self.cost = (self.cost or Decimal(0)) + self.pricing(completion.model, completion.usage)
+        if self.pricing is not None and self.priced and completion.usage.total_tokens:
+            try:
+                price = self.pricing(completion.model, completion.usage)
+            except LookupError:
+                # An answer in hand is never lost to a missing price: the run's cost is
+                # unknown instead (None), and the reason is logged once.
+                _log.warning("no price for model %r; cost_usd is None", completion.model)
+                self.priced = False
+                self.cost = None
+            else:
+                self.cost = (self.cost or Decimal(0)) + price
         self.degraded = self.degraded or completion.degraded
         self.model_used = completion.model
 

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any, TypeVar
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import ConfigurationError, summarize
@@ -44,6 +45,7 @@ from bastion._core.usage import Usage
 from bastion.models._errors import (
     ContentPolicyViolation,
     ContextLengthExceeded,
+    MalformedResponse,
     ProviderBadRequest,
     ProviderTimeout,
     StreamInterrupted,
@@ -63,6 +65,8 @@ from bastion.resilience._registry import CircuitBreakerRegistry
 from bastion.resilience._retry import Retry, RetryConfig
 
 __all__ = ["FallbackChain", "ModelChoice", "create_fallback_chain"]
+
+T = TypeVar("T")
 
 TokenCounter = Callable[[ChatRequest], int]
 
@@ -174,152 +178,160 @@ class FallbackChain:
         rest = sorted((c for c in pool if c is not first), key=lambda c: -(c.weight or 0.0))
         return [first, *rest, *backups]
 
+    async def aclose(self) -> None:
+        """Close every member model that holds resources (HTTP sessions)."""
+        for choice in self.choices:
+            close = getattr(choice.model, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def __aenter__(self) -> FallbackChain:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def complete(self, request: ChatRequest) -> Completion:
-        attempts: list[Attempt] = []
-        errors: list[tuple[str, Exception]] = []
-        refused_above: int | None = None
-        for choice in self.order():
-            model = choice.model
-            skip = self._why_skip(choice, request, refused_above)
-            if skip is not None:
-                attempts.append(Attempt(model=model.name, error=skip, duration_s=0.0))
-                continue
-            call = self._recorded(model.complete, request, model.name, attempts)
-            try:
-                completion = await self._pipelines[model.name].run_value(call, (), {})
-            except ContentPolicyViolation as exc:
-                if not self.route_around_content_policy:
-                    raise
-                errors.append((model.name, exc))
-            except ContextLengthExceeded as exc:
-                refused_above = choice.context_window or self._size(request) or 0
-                errors.append((model.name, exc))
-            except Exception as exc:
-                _note_refusal(attempts, model.name, exc)
-                errors.append((model.name, exc))
-            else:
-                return self._served(completion, attempts)
-        return self._last_resort(request, attempts, errors)
+        self._check(request)
+        route = _Route()
+        for index, choice in enumerate(self.order()):
+            completion = await self._try(choice, route, request, choice.model.complete)
+            if completion is not None:
+                return self._served(completion, choice, index, route)
+        return self._last_resort(route)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         """Stream from the first model that answers; continue a broken stream on the next.
 
-        Failures before any text fall through like :meth:`complete`. When a
-        stream breaks or stalls after delivering text, the next model gets the
-        conversation plus the partial answer as an assistant prefix and its
-        text continues the same answer. A model that refuses the prefix (a
-        ``ProviderBadRequest``) is asked again without it, and its first chunk
-        carries ``restart=True``. If no model can finish, the caller gets
-        :class:`StreamInterrupted` with what was delivered -- never a cut
-        answer passed off as complete.
+        Until a model sends its first chunk, every rule of :meth:`complete`
+        applies (retries, waits, breakers, context window, content policy).
+        When a stream breaks or stalls after delivering text, the next model
+        continues the answer if it can take the partial answer as a prefix
+        (``supports_prefill``; the prefix is sent without trailing whitespace
+        and the continuation's leading whitespace is dropped when the caller
+        already has it). A model that cannot -- or refuses the prefix -- starts
+        the answer over, and its first chunk carries ``restart=True``. If no
+        model can finish, the caller gets :class:`StreamInterrupted` with what
+        was delivered: a cut answer is never passed off as complete, and the
+        static answer is never appended to one.
         """
-        attempts: list[Attempt] = []
-        errors: list[tuple[str, Exception]] = []
+        self._check(request)
+        route = _Route()
         delivered = ""
+        shown = 0
         for choice in self.order():
             model = choice.model
-            skip = self._why_skip(choice, request, None)
-            if skip is not None:
-                attempts.append(Attempt(model=model.name, error=skip, duration_s=0.0))
-                continue
-            prefixed = bool(delivered)
-            restart = False
-            while True:
-                outcome = _StreamOutcome()
-                async for chunk in self._stream_one(
-                    model, request, delivered if prefixed else "", attempts, outcome, restart
-                ):
-                    if chunk.text:
-                        delivered += chunk.text
-                    yield chunk
-                if outcome.finished:
-                    return
-                if outcome.error is None:  # refused by its open breaker
+            prefixes = [True, False] if delivered and _supports_prefill(model) else [False]
+            for with_prefix in prefixes:
+                sent = request
+                if with_prefix:
+                    prefix = Message.assistant(delivered.rstrip())
+                    sent = request.replace(messages=(*request.messages, prefix))
+                opened = await self._try(choice, route, sent, partial(_open_stream, model))
+                if opened is None:
+                    last = route.errors[-1][1] if route.errors else None
+                    if with_prefix and isinstance(last, ProviderBadRequest):
+                        continue  # refused the prefix: ask again without it, from scratch
                     break
-                if isinstance(outcome.error, ContentPolicyViolation):
-                    raise outcome.error
-                errors.append((model.name, outcome.error))
-                if prefixed and not outcome.text and isinstance(outcome.error, ProviderBadRequest):
-                    prefixed = False  # it refused the prefix: start the answer over on it
-                    restart = True
+                restart = bool(delivered) and not with_prefix
+                trim = with_prefix and delivered != delivered.rstrip()
+                if restart:
                     delivered = ""
-                    continue
-                break
-        if delivered:
+                first, rest = opened
+                started = self._clock.monotonic()
+                try:
+                    chunk: StreamChunk | None = first
+                    while chunk is not None:
+                        if trim and chunk.text:
+                            chunk = replace(chunk, text=chunk.text.lstrip())
+                            trim = False
+                        if restart and chunk.text:
+                            chunk = replace(chunk, restart=True)
+                            restart = False
+                        delivered += chunk.text
+                        shown += 1
+                        yield chunk
+                        chunk = await anext(rest, None)
+                except ContentPolicyViolation:
+                    raise
+                except Exception as exc:
+                    elapsed = self._clock.monotonic() - started
+                    route.attempts.append(_attempt(model.name, exc, elapsed))
+                    route.errors.append((model.name, exc))
+                    break
+                finally:
+                    await _close(rest)
+                return
+        if shown:
             raise StreamInterrupted(
                 "every model failed before the answer was complete",
                 provider="bastion",
                 model=self._name,
                 delivered_text=delivered,
-                delivered_chunks=sum(1 for a in attempts if a.error is None),
+                delivered_chunks=shown,
             )
-        completion = self._last_resort(request, attempts, errors)
+        completion = self._last_resort(route)
         yield StreamChunk(
             text=completion.text, model=completion.model, finish_reason="stop", usage=Usage()
         )
 
-    async def _stream_one(
-        self,
-        model: ChatModel,
-        request: ChatRequest,
-        prefix: str,
-        attempts: list[Attempt],
-        outcome: _StreamOutcome,
-        restart: bool,
-    ) -> AsyncIterator[StreamChunk]:
-        """One model's stream under its breaker; how it ended goes into ``outcome``."""
-        breaker = self.breakers.get(model.name)
-        try:
-            permit = breaker.acquire()
-        except Exception as exc:
-            _note_refusal(attempts, model.name, exc)
-            return
-        if prefix:
-            request = request.replace(messages=(*request.messages, Message.assistant(prefix)))
-        clock = self._clock
-        started = clock.monotonic()
-        try:
-            async for chunk in model.stream(request):
-                if chunk.text:
-                    outcome.text += chunk.text
-                if restart and chunk.text:
-                    chunk = replace(chunk, restart=True)
-                    restart = False
-                yield chunk
-        except Exception as exc:
-            breaker.record_failure(permit, exc, clock.monotonic() - started)
-            attempts.append(_attempt(model.name, exc, clock.monotonic() - started))
-            outcome.error = exc
-            return
-        except BaseException:
-            breaker.release(permit)
-            raise
-        breaker.record_success(permit, clock.monotonic() - started)
-        attempts.append(
-            Attempt(model=model.name, error=None, duration_s=clock.monotonic() - started)
-        )
-        outcome.finished = True
-
     # -- helpers -----------------------------------------------------------------------------
+
+    def _check(self, request: ChatRequest) -> None:
+        if request.model is not None:
+            msg = (
+                f"{self._name!r} chooses the model itself; leave ChatRequest.model unset "
+                f"(got {request.model!r}, which would be sent to every member)"
+            )
+            raise ConfigurationError(msg)
+
+    async def _try(
+        self,
+        choice: ModelChoice,
+        route: _Route,
+        request: ChatRequest,
+        start: Callable[[ChatRequest], Awaitable[T]],
+    ) -> T | None:
+        """One member's turn: skip it, serve, or record why it failed and return None."""
+        name = choice.model.name
+        skip = self._why_skip(choice, request, route.refused_above)
+        if skip is not None:
+            route.attempts.append(Attempt(model=name, error=skip, duration_s=0.0))
+            return None
+        call = self._recorded(start, request, name, route.attempts)
+        try:
+            return await self._pipelines[name].run_value(call, (), {})
+        except ContentPolicyViolation as exc:
+            if not self.route_around_content_policy:
+                raise
+            route.errors.append((name, exc))
+        except ContextLengthExceeded as exc:
+            size = choice.context_window or self._size(request) or 0
+            route.refused_above = max(route.refused_above or 0, size)
+            route.errors.append((name, exc))
+        except Exception as exc:
+            _note_refusal(route.attempts, name, exc)
+            route.errors.append((name, exc))
+        return None
 
     def _recorded(
         self,
-        complete: Callable[[ChatRequest], Awaitable[Completion]],
+        start: Callable[[ChatRequest], Awaitable[T]],
         request: ChatRequest,
         name: str,
         attempts: list[Attempt],
-    ) -> Callable[[], Awaitable[Completion]]:
+    ) -> Callable[[], Awaitable[T]]:
         clock = self._clock
 
-        async def attempt() -> Completion:
+        async def attempt() -> T:
             started = clock.monotonic()
             try:
-                completion = await complete(request)
+                result = await start(request)
             except Exception as exc:
                 attempts.append(_attempt(name, exc, clock.monotonic() - started))
                 raise
             attempts.append(Attempt(model=name, error=None, duration_s=clock.monotonic() - started))
-            return completion
+            return result
 
         return attempt
 
@@ -339,11 +351,15 @@ class FallbackChain:
             return f"skipped: the request needs {size} tokens, its context window is {window}"
         return None
 
-    def _served(self, completion: Completion, attempts: list[Attempt]) -> Completion:
-        failed = [a.model for a in attempts if a.error is not None]
-        if failed:
+    def _served(
+        self, completion: Completion, choice: ModelChoice, index: int, route: _Route
+    ) -> Completion:
+        """Stamp who served; ``degraded`` only when someone other than the first choice did."""
+        degraded = index > 0
+        if degraded:
+            failed = tuple(dict.fromkeys(name for name, _ in route.errors))
             (self._bus or default_bus()).emit(
-                FallbackUsed(source=self._name, served_by=completion.model, skipped=tuple(failed))
+                FallbackUsed(source=self._name, served_by=choice.model.name, skipped=failed)
             )
         c = completion  # built field by field: dataclasses.replace costs ~4 us per call here
         return Completion(
@@ -355,38 +371,35 @@ class FallbackChain:
             latency_s=c.latency_s,
             ttft_s=c.ttft_s,
             id=c.id,
-            attempts=tuple(attempts),
-            degraded=bool(failed),
+            attempts=tuple(route.attempts),
+            degraded=degraded,
+            served_by=choice.model.name,
         )
 
-    def _last_resort(
-        self,
-        request: ChatRequest,
-        attempts: list[Attempt],
-        errors: list[tuple[str, Exception]],
-    ) -> Completion:
+    def _last_resort(self, route: _Route) -> Completion:
         if self.static is not None:
             (self._bus or default_bus()).emit(
                 FallbackUsed(
                     source=self._name,
                     served_by="static",
-                    skipped=tuple(dict.fromkeys(a.model for a in attempts)),
+                    skipped=tuple(dict.fromkeys(a.model for a in route.attempts)),
                 )
             )
             return Completion(
                 text=self.static,
                 model="static",
                 finish_reason="stop",
-                attempts=tuple(attempts),
+                attempts=tuple(route.attempts),
                 degraded=True,
+                served_by="static",
             )
-        if not errors:
+        if not route.errors:
             msg = f"no model of {self._name!r} could take the request: " + "; ".join(
-                f"{a.model}: {a.error}" for a in attempts
+                f"{a.model}: {a.error}" for a in route.attempts
             )
             raise ContextLengthExceeded(msg, provider="bastion")
-        _, first = errors[0]
-        for name, error in errors[1:]:
+        _, first = route.errors[0]
+        for name, error in route.errors[1:]:
             first.add_note(f"bastion: fallback model {name!r} failed too: {summarize(error)}")
         raise first
 
@@ -406,12 +419,41 @@ def create_fallback_chain(
 
 
 @dataclass(slots=True)
-class _StreamOutcome:
-    """How one model's stream ended: finished, failed with ``error``, or refused (neither)."""
+class _Route:
+    """What one request has been through so far."""
 
-    finished: bool = False
-    error: Exception | None = None
-    text: str = ""
+    attempts: list[Attempt] = field(default_factory=list)
+    errors: list[tuple[str, Exception]] = field(default_factory=list)
+    refused_above: int | None = None
+
+
+def _supports_prefill(model: ChatModel) -> bool:
+    """Whether a model continues a trailing assistant message instead of answering anew."""
+    return bool(getattr(model, "supports_prefill", False))
+
+
+async def _open_stream(
+    model: ChatModel, request: ChatRequest
+) -> tuple[StreamChunk, AsyncIterator[StreamChunk]]:
+    """Start a stream and wait for its first chunk: until then it can be retried like a call."""
+    stream = model.stream(request)
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        await _close(stream)
+        msg = "the stream ended before its first chunk"
+        raise MalformedResponse(msg, provider=model.name, model=model.name) from None
+    except BaseException:
+        await _close(stream)
+        raise
+    return first, stream
+
+
+async def _close(stream: AsyncIterator[StreamChunk]) -> None:
+    """Release a stream's connection at once, even when its consumer stopped early."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
 
 
 def _admits(pipeline: Pipeline) -> bool:

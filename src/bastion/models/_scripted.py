@@ -76,6 +76,8 @@ class ScriptedModel:
     clock: Clock = SYSTEM_CLOCK
     cycle: bool = False
     requests: list[ChatRequest] = field(default_factory=list)
+    supports_prefill: bool = True
+    """Whether it plays along when a trailing assistant message asks it to continue."""
 
     def __post_init__(self) -> None:
         if isinstance(self.script, str | bytes) or not self.script:

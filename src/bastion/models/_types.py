@@ -172,7 +172,9 @@ class Completion:
     """A model's answer, with what it cost and how long it took.
 
     ``model`` names the model that actually answered -- after a fallback, not
-    the one first asked. ``attempts`` lists every try made to get here.
+    the one first asked -- as the provider reported it (what pricing uses);
+    ``served_by`` is the name of the chain member that served it, when a
+    router was involved. ``attempts`` lists every try made to get here.
     """
 
     text: str
@@ -185,6 +187,7 @@ class Completion:
     id: str | None = None
     attempts: tuple[Attempt, ...] = ()
     degraded: bool = False
+    served_by: str | None = None
 
     def message(self) -> Message:
         """The answer as the assistant turn to append to the conversation."""
