@@ -1,4 +1,4 @@
-"""ContextWindowManager: drop the oldest turns, keep system and latest user, never split tools."""
+"""ContextWindowManager: drop the oldest turns, keep system and the current turn whole."""
 
 from __future__ import annotations
 
@@ -102,6 +102,50 @@ def test_system_messages_anywhere_are_kept_in_place() -> None:
     manager = ContextWindowManager(max_tokens=100, reserve_for_reply=10, model="gpt-4o")
     fitted = manager.fit(ChatRequest(messages=messages))
     assert fitted.messages == (messages[1], messages[3])
+
+
+def agent_step() -> tuple[Message, ...]:
+    """An agent loop mid-step: the model called a tool and its result is in."""
+    return (
+        Message.system("You are a travel assistant."),
+        Message.user("What is the weather in Lisbon?"),
+        calls("w1"),
+        Message.tool("w1", text(120)),
+    )
+
+
+def test_the_current_steps_tool_calls_and_results_are_never_dropped() -> None:
+    step = agent_step()
+    request = ChatRequest(messages=step, max_tokens=50)
+    probe = ContextWindowManager(max_tokens=1_000_000, model="gpt-4o")
+    needed = probe.count(request)
+    # One token short: dropping the tool call would make the model call it again, forever.
+    manager = ContextWindowManager(max_tokens=needed + 50 - 1, model="gpt-4o")
+    with pytest.raises(ContextLengthExceeded) as caught:
+        manager.fit(request)
+    assert "1 tokens too many" in str(caught.value)
+    assert "current turn" in str(caught.value)
+
+
+def test_older_turns_make_room_for_the_current_step() -> None:
+    step = agent_step()
+    history = (
+        step[0],
+        Message.user(text(300)),
+        Message.assistant(text(300)),
+        calls("old"),
+        Message.tool("old", text(300)),
+        *step[1:],
+        calls("w2"),
+        Message.tool("w2", text(40)),
+    )
+    request = ChatRequest(messages=history, max_tokens=50)
+    probe = ContextWindowManager(max_tokens=1_000_000, model="gpt-4o")
+    current = probe.count(request.replace(messages=(step[0], *history[5:])))
+    manager = ContextWindowManager(max_tokens=current + 50, model="gpt-4o")
+    fitted = manager.fit(request)
+    assert fitted.messages == (step[0], *history[5:])
+    assert manager.count(fitted) + 50 <= manager.window
 
 
 def test_too_long_a_question_is_a_clear_error() -> None:
@@ -228,13 +272,14 @@ def test_fit_always_fits_and_keeps_what_matters(
     manager = ContextWindowManager(max_tokens=window, reserve_for_reply=reserve)
     request = ChatRequest(messages=messages, model=model)
     users = [i for i, m in enumerate(messages) if m.role == "user"]
+    # The current turn: the latest user message and everything after it (else the last group).
+    turn = users[-1] if users else len(messages) - len(groups(messages)[-1])
     try:
         fitted = manager.fit(request)
     except ContextLengthExceeded:
         # Only when the untouchable part alone is too big.
-        keep = [m for m in messages if m.role == "system"]
-        keep += [messages[users[-1]]] if users else list(groups(messages)[-1])
-        assert manager.count(request.replace(messages=tuple(keep))) + reserve > window
+        keep = tuple(m for i, m in enumerate(messages) if m.role == "system" or i >= turn)
+        assert manager.count(request.replace(messages=keep)) + reserve > window
         return
     kept = fitted.messages
     assert manager.count(fitted) + reserve <= window
@@ -244,10 +289,9 @@ def test_fit_always_fits_and_keeps_what_matters(
         while messages[position] is not message:
             position += 1
         position += 1
-    # Every system message and the latest user message survive.
+    # Every system message and the whole current turn survive.
     assert all(any(k is m for k in kept) for m in messages if m.role == "system")
-    if users:
-        assert any(k is messages[users[-1]] for k in kept)
+    assert all(any(k is m for k in kept) for m in messages[turn:])
     # Once history was dropped, it opens on a user turn.
     if fitted is not request and users:
         assert next(m for m in kept if m.role != "system").role == "user"

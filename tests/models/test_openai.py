@@ -163,6 +163,21 @@ async def test_cached_prompt_tokens_are_reported(server: ChaosServer, stream: bo
     assert usage.input_tokens >= 4
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_a_two_megabyte_prompt_goes_through(server: ChaosServer, stream: bool) -> None:
+    prompt = "word " * 400_000  # over aiohttp's 1 MiB limits on both ends
+    async with model_for(server) as model:
+        if stream:
+            chunks = [chunk async for chunk in model.stream(ChatRequest.of(prompt))]
+            text = "".join(c.text for c in chunks)
+        else:
+            text = (await model.complete(ChatRequest.of(prompt))).text
+    assert text == TEXT
+    sent = server.requests[-1]
+    assert sent.body["messages"][0]["content"] == prompt
+    assert sent.headers["Content-Type"] == "application/json"
+
+
 async def test_request_options_reach_the_wire(server: ChaosServer) -> None:
     schema = {"title": "verdict", "type": "object", "properties": {"ok": {"type": "boolean"}}}
     request = ChatRequest(
@@ -470,16 +485,50 @@ async def test_a_closed_port_is_a_connection_error() -> None:
             await collect(model)
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
-async def test_first_token_timeout_when_headers_never_come(
-    server: ChaosServer, stream: bool
-) -> None:
+async def test_first_token_timeout_when_stream_headers_never_come(server: ChaosServer) -> None:
     server.set_scenario(Step.stall())
     async with model_for(server) as model:
         with pytest.raises(ProviderTimeout) as info:
-            await ask(model, stream=stream)
+            await collect(model)
     assert info.value.kind == "first_token"
     assert info.value.timeout == 0.1
+
+
+async def test_a_non_streamed_answer_may_take_longer_than_first_token() -> None:
+    # Its headers come only once the whole answer is written: only `total` bounds the wait.
+    clock = FakeClock()
+    limits = ModelTimeouts(first_token=30, idle=30, total=600)
+    async with (
+        ChaosServer(Step.ok(TEXT, latency=45), clock=clock) as server,
+        model_for(server, clock=clock, timeouts=limits) as model,
+    ):
+        task = asyncio.create_task(model.complete(REQUEST))
+        await received(server)
+        clock.advance(45)
+        completion = await task
+    assert completion.text == TEXT
+    assert completion.latency_s == 45
+
+
+async def test_a_non_streamed_call_that_never_answers_hits_the_total_limit() -> None:
+    clock = FakeClock()
+    limits = ModelTimeouts(first_token=30, idle=30, total=120)
+    async with (
+        ChaosServer(Step.stall(), clock=clock) as server,
+        model_for(server, clock=clock, timeouts=limits) as model,
+    ):
+        task = asyncio.create_task(model.complete(REQUEST))
+        await received(server)
+        clock.advance(119)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        stalled = not task.done()
+        clock.advance(2)
+        with pytest.raises(ProviderTimeout) as info:
+            await task
+    assert stalled
+    assert info.value.kind == "total"
+    assert info.value.timeout == 120
 
 
 async def test_first_token_timeout_when_a_stream_says_nothing_after_its_headers(
@@ -532,7 +581,7 @@ async def test_limits_run_on_the_injected_clock(server: ChaosServer) -> None:
     clock = FakeClock()
     server.set_scenario(Step.stall())
     model = model_for(server, clock=clock, timeouts=ModelTimeouts(first_token=30))
-    task = asyncio.create_task(model.complete(REQUEST))
+    task = asyncio.create_task(collect(model))
     await received(server)
     clock.advance(29.5)
     for _ in range(5):
@@ -792,6 +841,143 @@ async def test_a_mid_stream_error_event_interrupts(bus: EventBus) -> None:
             await collect(model)
     assert info.value.delivered_text == "Half an"
     assert isinstance(info.value.__cause__, ProviderUnavailable)
+
+
+ERROR_EVENTS = [
+    pytest.param(
+        {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"},
+        ProviderRateLimited,
+        id="rate-limit",
+    ),
+    pytest.param(
+        {"message": "Slow down", "type": "rate_limit_error"}, ProviderRateLimited, id="rl-type"
+    ),
+    pytest.param(
+        {"message": "Overloaded", "type": "overloaded_error"}, ProviderUnavailable, id="ov"
+    ),
+    pytest.param(
+        {"message": "The server had an error", "type": "server_error"},
+        ProviderUnavailable,
+        id="server",
+    ),
+    pytest.param(
+        {"message": "Bad 'temperature'", "type": "invalid_request_error", "code": None},
+        ProviderBadRequest,
+        id="invalid-request",
+    ),
+    pytest.param(
+        {
+            "message": "This model's maximum context length is 8192 tokens",
+            "type": "invalid_request_error",
+            "code": "context_length_exceeded",
+        },
+        ContextLengthExceeded,
+        id="context-length",
+    ),
+    pytest.param(
+        {"object": "error", "message": "too long", "type": "BadRequestError", "code": 400},
+        ProviderBadRequest,
+        id="vllm-numeric-code",
+    ),
+    pytest.param(
+        {"message": "filtered", "type": "invalid_request_error", "code": "content_filter"},
+        ContentPolicyViolation,
+        id="content",
+    ),
+    pytest.param({"message": "something odd"}, ProviderUnavailable, id="unknown"),
+]
+
+
+def error_event(error: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize(("error", "expected"), ERROR_EVENTS)
+async def test_an_error_event_before_any_text_maps_by_its_code_and_type(
+    error: dict[str, Any], expected: type[ProviderError]
+) -> None:
+    async with (
+        raw_server(error_event(error), "text/event-stream") as url,
+        OpenAIModel("m", base_url=url) as model,
+    ):
+        with pytest.raises(ProviderError) as info:
+            await collect(model)
+    assert type(info.value) is expected
+    assert info.value.status_code is None  # the HTTP status was 200
+    assert "mid-stream" in str(info.value)
+
+
+@pytest.mark.parametrize(("error", "expected"), ERROR_EVENTS)
+async def test_an_error_event_after_text_is_an_interruption_caused_by_it(
+    error: dict[str, Any], expected: type[ProviderError]
+) -> None:
+    body = chunk_event({"content": "Half an"}) + error_event(error)
+    async with (
+        raw_server(body, "text/event-stream") as url,
+        OpenAIModel("m", base_url=url) as model,
+    ):
+        with pytest.raises(StreamInterrupted) as info:
+            await collect(model)
+    assert info.value.delivered_text == "Half an"
+    assert type(info.value.__cause__) is expected
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_a_filtered_empty_answer_is_a_content_policy_violation(
+    server: ChaosServer, stream: bool
+) -> None:
+    server.set_scenario(Step(text="", finish_reason="content_filter"))
+    async with model_for(server) as model:
+        with pytest.raises(ContentPolicyViolation, match="content filter withheld") as info:
+            await ask(model, stream=stream)
+    assert info.value.transient is False
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_a_filtered_partial_answer_is_returned_as_filtered(
+    server: ChaosServer, stream: bool
+) -> None:
+    server.set_scenario(Step(text="The first half", finish_reason="content_filter"))
+    async with model_for(server) as model:
+        if stream:
+            chunks = await collect(model)
+            text, finish = "".join(c.text for c in chunks), chunks[-1].finish_reason
+        else:
+            completion = await model.complete(REQUEST)
+            text, finish = completion.text, completion.finish_reason
+    assert text == "The first half"
+    assert finish == "content_filter"
+
+
+async def test_an_azure_filtered_answer_names_the_filtered_categories() -> None:
+    safe = {"filtered": False, "severity": "safe"}
+    body = {
+        "id": "chatcmpl-azure",
+        "object": "chat.completion",
+        "model": "gpt-4o-2024-08-06",
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {"hate": safe}}],
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "content_filter",
+                "message": {"role": "assistant", "content": None},
+                "content_filter_results": {
+                    "hate": safe,
+                    "self_harm": safe,
+                    "sexual": {"filtered": True, "severity": "medium"},
+                    "violence": {"filtered": True, "severity": "high"},
+                },
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12},
+    }
+    async with (
+        raw_server(json.dumps(body).encode(), "application/json") as url,
+        OpenAIModel("m", base_url=url) as model,
+    ):
+        with pytest.raises(ContentPolicyViolation, match=r"\(sexual, violence\)") as info:
+            await model.complete(REQUEST)
+    assert info.value.provider == "openai"
 
 
 # -- recorded wire fixtures ------------------------------------------------------------------------

@@ -95,11 +95,13 @@ async def test_a_429_with_retry_after_waits_then_retries_the_same_model(
 
 
 async def test_a_silent_model_is_left_at_once(server: ChaosServer) -> None:
+    # A stream shows silence (no first token); a non-streamed call only its total time.
     server.set_scenario(Step.stall(times=10), route="primary")
+    server.set_scenario(Step.ok("from the backup"), route="backup")
     primary, backup = models(server, first_token=0.05)
     async with primary, backup:
-        completion = await chain(primary, backup).complete(Q)
-    assert completion.model == "backup"
+        chunks = [c async for c in chain(primary, backup).stream(Q)]
+    assert "".join(c.text for c in chunks) == "from the backup"
     assert server.count(model="primary") == 1  # not retried on the same model
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -359,6 +360,39 @@ async def test_a_body_that_is_not_a_json_object_is_rejected(server: ChaosServer)
     assert status == 400
     assert body["error"]["code"] == "invalid_request"
     assert server.requests[-1].action == "rejected"
+
+
+async def test_a_two_megabyte_prompt_is_accepted_and_recorded(server: ChaosServer) -> None:
+    prompt = "word " * 400_000  # 2,000,000 characters: over aiohttp's default 1 MiB limit
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            server.url + OPENAI,
+            data=io.BytesIO(json.dumps(body).encode()),
+            headers={"Content-Type": "application/json"},
+        ) as response,
+    ):
+        status, raw = response.status, await response.read()
+    assert status == 200
+    assert json.loads(raw)["usage"]["prompt_tokens"] == 500_000
+    recorded = server.requests[-1]
+    assert recorded.action == "reply"
+    assert recorded.body["messages"][0]["content"] == prompt
+
+
+async def test_a_body_over_the_limit_is_recorded_and_refused() -> None:
+    async with ChaosServer(max_request_bytes=1000) as server:
+        status, _, raw = await post(server, messages=[{"role": "user", "content": "x" * 2000}])
+        recorded = server.requests
+    assert status == 413
+    assert "1000 bytes" in json.loads(raw)["error"]["message"]
+    assert [(r.action, r.path, r.body) for r in recorded] == [("too_large", OPENAI, None)]
+
+
+def test_the_request_limit_is_validated() -> None:
+    with pytest.raises(ConfigurationError, match=r"ChaosServer\.max_request_bytes"):
+        ChaosServer(max_request_bytes=0)
 
 
 # -- scenarios -------------------------------------------------------------------------------------

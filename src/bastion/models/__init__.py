@@ -1,6 +1,7 @@
 """Models: the chat protocol every provider speaks, its errors, routing, tokens and cost."""
 
 from bastion._core.usage import Usage
+from bastion.models._anthropic import AnthropicModel
 from bastion.models._context import CONTEXT_WINDOWS, ContextWindowManager, context_window_for
 from bastion.models._cost import BudgetExceeded, BudgetWarning, CostTracker, ModelSpend
 from bastion.models._errors import (
@@ -37,6 +38,7 @@ from bastion.models._types import (
 
 __all__ = [
     "CONTEXT_WINDOWS",
+    "AnthropicModel",
     "Attempt",
     "AuthenticationFailed",
     "BudgetExceeded",

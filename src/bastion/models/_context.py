@@ -7,12 +7,15 @@ history every step, so the history has to give way: the
 with room left for the reply.
 
 What is never dropped: the system messages (the agent's instructions) and the
-latest user message (the question being answered). What is dropped together:
+current turn -- the latest user message and everything after it. In an agent
+loop the current turn holds the tool calls the model already made for this
+question and their results; dropping them would make the model call the same
+tools again, step after step, until the loop gives up. What is dropped together:
 an assistant message that called tools and the tool results that answer it --
 a tool result without its call, or a call without its results, is refused by
 the providers. After dropping, the history starts on a user turn (leading
 assistant or tool turns whose question is gone are dropped too), which is
-also what Anthropic's API requires. When the kept messages alone do not fit,
+also what Anthropic's API requires. When the protected messages alone do not fit,
 :class:`~bastion.models._errors.ContextLengthExceeded` says by how much, so a
 router can move to a model with a larger window instead of sending a request
 that cannot succeed.
@@ -211,8 +214,8 @@ class ContextWindowManager:
         """``request`` itself when it fits; else a copy without its oldest turns.
 
         Raises :class:`ContextLengthExceeded` when the system messages, the
-        latest user message and the tool definitions alone leave no room for
-        the reply.
+        current turn (the latest user message and every message after it) and
+        the tool definitions alone leave no room for the reply.
         """
         tokenizer = self.tokenizer(request)
         messages = request.messages
@@ -226,10 +229,11 @@ class ContextWindowManager:
         latest_user = next(
             (i for i in range(len(messages) - 1, -1, -1) if messages[i].role == "user"), None
         )
-        protected_end = units[-1][0] if latest_user is None else latest_user
+        # The current turn: from the latest user message on (with no user message, the last unit).
+        turn_start = units[-1][0] if latest_user is None else latest_user
 
         def is_protected(unit: tuple[int, int]) -> bool:
-            return messages[unit[0]].role == "system" or unit[0] == protected_end
+            return messages[unit[0]].role == "system" or unit[0] >= turn_start
 
         kept = [True] * len(units)
         unit_tokens = [sum(counts[start:end]) for start, end in units]
@@ -274,10 +278,11 @@ class ContextWindowManager:
         counted = self._with_margin(needed, tokenizer)
         reserve = self.reply_reserve(request)
         raise ContextLengthExceeded(
-            f"the system messages, the latest user message and the tool definitions need "
-            f"{counted} tokens and the reply {reserve} more, but the context window is "
-            f"{self.window}: {counted - budget} tokens too many. Shorten the latest message, "
-            "lower max_tokens, or use a model with a larger window",
+            f"the system messages, the current turn (the latest user message and the tool "
+            f"calls and results after it) and the tool definitions need {counted} tokens and "
+            f"the reply {reserve} more, but the context window is {self.window}: "
+            f"{counted - budget} tokens too many. Shorten the latest message or the tool "
+            "results, lower max_tokens, or use a model with a larger window",
             provider="bastion",
             model=self.model if self.model is not None else request.model,
         )

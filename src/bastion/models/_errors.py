@@ -90,9 +90,10 @@ class ProviderUnavailable(ProviderError):
 class ProviderTimeout(ProviderError):
     """The provider was too slow; ``kind`` says which limit fired.
 
-    ``connect``: no connection; ``first_token``: connected but no first byte
-    or token in time; ``idle``: a stream stalled between chunks; ``total``:
-    the whole answer took too long.
+    ``connect``: no connection; ``first_token``: a stream connected but sent
+    no first content chunk in time; ``idle``: a stream stalled between chunks;
+    ``total``: the whole answer took too long (the only limit on a non-streamed
+    call once connected, since its headers arrive with the finished answer).
     """
 
     http_status = 504

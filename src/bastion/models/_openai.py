@@ -27,6 +27,25 @@ HTTP answer                                  error
 other 4xx                                    :class:`ProviderBadRequest`
 a 2xx body or event that cannot be read      :class:`MalformedResponse`
 ==========================================  ===================================
+
+A 200 can be a refusal too. Azure OpenAI's content filter answers with
+``finish_reason: "content_filter"`` and no content: that raises
+:class:`ContentPolicyViolation` (naming the filtered categories when the
+body lists them), never an empty success. When the filter cut an answer
+that had already begun, the partial text is returned (or was streamed) with
+``finish_reason="content_filter"``, so the caller decides whether half an
+answer is worth showing.
+
+A stream can fail after its 200 with an ``error`` event. The event is read
+like the HTTP error its ``code`` / ``type`` stand for (a number as ``code``
+is taken as the HTTP status): rate limits raise :class:`ProviderRateLimited`,
+server errors and overload :class:`ProviderUnavailable`, context length
+:class:`ContextLengthExceeded`, content codes :class:`ContentPolicyViolation`,
+authentication :class:`AuthenticationFailed`, other invalid requests
+:class:`ProviderBadRequest`; an event that says nothing recognisable is
+:class:`ProviderUnavailable`. None of these carries a ``status_code`` (the
+HTTP status was 200). Once text was delivered, the caller gets
+:class:`StreamInterrupted` instead, with that error as its ``__cause__``.
 """
 
 from __future__ import annotations
@@ -444,6 +463,8 @@ def parse_completion(
             for index, call in enumerate(message.get("tool_calls") or ())
         )
         finish = normalise_finish(choice.get("finish_reason"), has_tool_calls=bool(calls))
+        if finish == "content_filter" and not text and not calls:
+            raise _filtered(model, choice.get("content_filter_results"))
         served = data.get("model")
         return Completion(
             text=text,
@@ -458,6 +479,25 @@ def parse_completion(
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = "the response is not a chat completion (no choices[0].message)"
         raise MalformedResponse(msg, provider=PROVIDER, model=model) from exc
+
+
+def _filtered(model: str, results: Any) -> ContentPolicyViolation:
+    """A refusal that came as a 200: ``finish_reason`` ``content_filter`` and nothing written."""
+    categories = (
+        sorted(
+            name
+            for name, verdict in results.items()
+            if isinstance(verdict, Mapping) and verdict.get("filtered") is True
+        )
+        if isinstance(results, Mapping)
+        else []
+    )
+    which = f" ({', '.join(categories)})" if categories else ""
+    return ContentPolicyViolation(
+        f"the content filter withheld the answer{which}: finish_reason content_filter, no content",
+        provider=PROVIDER,
+        model=model,
+    )
 
 
 def _text(content: Any) -> str:
@@ -613,9 +653,15 @@ class StreamAssembler:
         )
 
     def final(self) -> StreamChunk:
-        """The last chunk: finish reason, whole tool calls, usage."""
+        """The last chunk: finish reason, whole tool calls, usage.
+
+        Raises :class:`ContentPolicyViolation` when the content filter ended the
+        stream before any text or tool call: an empty answer is a refusal.
+        """
         calls = self.tool_calls()
         finish = self.finish or "stop"
+        if finish == "content_filter" and not self.chunks and not calls:
+            raise _filtered(self.model, None)
         if calls and finish == "stop":
             finish = "tool_calls"
         return StreamChunk(
@@ -657,12 +703,48 @@ def _why_cut(cause: ProviderError | None) -> str:
 
 
 def _stream_error(error: Any, model: str) -> ProviderError:
-    message = error.get("message") if isinstance(error, Mapping) else error
-    return ProviderUnavailable(
-        f"the provider reported an error mid-stream: {_clip(str(message))}",
-        provider=PROVIDER,
-        model=model,
+    """The error an ``error`` event stands for: the HTTP error its code or type names."""
+    if isinstance(error, Mapping):
+        message, code, kind = error.get("message"), error.get("code"), error.get("type")
+    else:
+        message, code, kind = error, None, None
+    said = message or kind or code
+    text = f"the provider reported an error mid-stream: {_clip(str(said))}"
+    code_name = code if isinstance(code, str) else None
+    kind_name = kind if isinstance(kind, str) else None
+    status = _implied_status(code, kind_name, text)
+    if status is None:
+        return ProviderUnavailable(text, provider=PROVIDER, model=model)
+    return _classify(
+        status, text, code_name, kind_name, model=model, status_code=None, retry_after=None
     )
+
+
+_STATUS_WORDS = (
+    # (words in the code or type, the HTTP status they stand for); first match wins.
+    (("insufficient_quota",), 429),
+    (("context_length", "content_filter", "content_policy", "invalid_prompt"), 400),
+    (("rate_limit", "ratelimit"), 429),
+    (("overloaded",), 529),
+    (("server", "internal", "unavailable", "api_error", "timeout"), 503),
+    (("authentication", "invalid_api_key", "permission"), 401),
+    (("invalid_request", "badrequest", "bad_request", "not_found", "invalid"), 400),
+)
+
+
+def _implied_status(code: Any, kind: str | None, text: str) -> int | None:
+    """The HTTP status an error event's code or type names; None when it names none."""
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        return code
+    if isinstance(code, str) and code.isdigit() and 400 <= int(code) <= 599:
+        return int(code)
+    names = " ".join(name.lower() for name in (code, kind) if isinstance(name, str))
+    for words, status in _STATUS_WORDS:
+        if any(word in names for word in words):
+            return status
+    if "maximum context length" in text.lower():
+        return 400
+    return None
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -676,33 +758,54 @@ def error_from_response(
     """The typed error for an HTTP answer that is not a success; ``now`` is wall-clock time."""
     message, code, kind = _error_fields(body)
     text = message or f"HTTP {status}"
+    retry_after = retry_after_from_headers(headers, now=now) if status == 429 else None
+    return _classify(
+        status, text, code, kind, model=model, status_code=status, retry_after=retry_after
+    )
+
+
+def _classify(
+    status: int,
+    text: str,
+    code: str | None,
+    kind: str | None,
+    *,
+    model: str | None,
+    status_code: int | None,
+    retry_after: float | None,
+) -> ProviderError:
+    """The error for ``status`` (an HTTP answer's, or the one an error event implies)."""
     if status == 429:
         if code == "insufficient_quota" or kind == "insufficient_quota":
             return ProviderBadRequest(
                 f"{text} (quota exhausted: waiting will not help)",
                 provider=PROVIDER,
                 model=model,
-                status_code=status,
+                status_code=status_code,
             )
         return ProviderRateLimited(
             text,
             provider=PROVIDER,
             model=model,
-            status_code=status,
-            retry_after=retry_after_from_headers(headers, now=now),
+            status_code=status_code,
+            retry_after=retry_after,
         )
     if status >= 500 or status in (408, 409):
-        return ProviderUnavailable(text, provider=PROVIDER, model=model, status_code=status)
+        return ProviderUnavailable(text, provider=PROVIDER, model=model, status_code=status_code)
     if status in (401, 403):
-        return AuthenticationFailed(text, provider=PROVIDER, model=model, status_code=status)
+        return AuthenticationFailed(text, provider=PROVIDER, model=model, status_code=status_code)
     if 400 <= status < 500:
         if code == "context_length_exceeded" or "maximum context length" in text.lower():
-            return ContextLengthExceeded(text, provider=PROVIDER, model=model, status_code=status)
+            return ContextLengthExceeded(
+                text, provider=PROVIDER, model=model, status_code=status_code
+            )
         if code in _CONTENT_CODES or kind in _CONTENT_CODES:
-            return ContentPolicyViolation(text, provider=PROVIDER, model=model, status_code=status)
-        return ProviderBadRequest(text, provider=PROVIDER, model=model, status_code=status)
+            return ContentPolicyViolation(
+                text, provider=PROVIDER, model=model, status_code=status_code
+            )
+        return ProviderBadRequest(text, provider=PROVIDER, model=model, status_code=status_code)
     return MalformedResponse(
-        f"unexpected HTTP status {status}", provider=PROVIDER, model=model, status_code=status
+        f"unexpected HTTP status {status}", provider=PROVIDER, model=model, status_code=status_code
     )
 
 

@@ -9,7 +9,9 @@ So a provider watches four limits, and the error it raises
 in ``kind``, because each calls for a different reaction: a connect timeout
 says the host is unreachable, a first-token timeout says the model accepted
 the request and is not answering (move to another model now), an idle
-timeout says the answer broke midway (continue it elsewhere).
+timeout says the answer broke midway (continue it elsewhere). Only a stream
+can tell the two middle cases apart: a non-streamed answer shows nothing
+until it is complete, so it is bounded by the connect and total limits alone.
 """
 
 from __future__ import annotations
@@ -25,12 +27,21 @@ __all__ = ["ModelTimeouts"]
 class ModelTimeouts:
     """Time limits for one model call, in seconds; None switches a limit off.
 
-    ``connect``: opening the TCP (and TLS) connection. ``first_token``: from
-    the request being sent to the response headers (a non-streamed call) or
-    to the first chunk that carries part of the answer (a stream).
-    ``idle``: the longest quiet gap while reading a response, between stream
-    chunks or while the body of a non-streamed answer arrives. ``total``:
-    the whole call, from the first byte sent to the last byte read.
+    ``connect``: from the start of the call to a ready connection (pooled or
+    new, TLS included). ``total``: the whole call, from its start to the last
+    byte read (a stream's consumer's time included).
+
+    The other two apply to streams only. ``first_token``: from the connection
+    being ready to the first event that carries part of the answer (text, a
+    tool call or a finish reason); the headers arriving does not stop it.
+    ``idle``: after that, the longest wait for the next bytes of the stream;
+    it restarts at every wait, so a consumer busy with a chunk is not counted.
+
+    A non-streamed call is bounded by ``connect`` and ``total`` alone: the
+    provider sends its headers only once the whole answer is written, so the
+    wait for headers and body is the model's generation time, and a long
+    answer is no sign of a silent provider. Give a call that must fail fast
+    a smaller ``total``, or stream it.
     """
 
     connect: float | None = 10.0

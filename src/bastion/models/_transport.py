@@ -16,7 +16,10 @@ are watched on the injected clock. One watchdog per call follows the call
 through its phases -- connecting, waiting for the first token, reading --
 and, when the limit of the current phase (or the total) passes while the
 call is waiting on the network, cancels the wait and raises
-:class:`ProviderTimeout` naming the limit. While a stream's consumer is busy
+:class:`ProviderTimeout` naming the limit. A non-streamed call has only two
+phases: connecting, then waiting for the answer under the total limit alone,
+because its headers come only once the whole answer is written -- a long
+answer is not a silent provider. While a stream's consumer is busy
 with a chunk, nothing is cancelled, and the idle limit restarts at every wait:
 only waiting on the provider counts as the provider being slow (the total
 limit alone counts everything).
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -140,16 +144,24 @@ class Transport:
         return str(self._url(path))
 
     async def post(self, path: str, body: bytes, *, model: str | None) -> HttpReply:
-        """POST ``body`` (JSON) and read the whole answer, within the call's time limits."""
+        """POST ``body`` (JSON) and read the whole answer, within the call's time limits.
+
+        Only ``connect`` and ``total`` apply: the headers of a non-streamed answer
+        arrive when the model has finished writing it, so the wait for headers and
+        body is the model's whole generation time, which only ``total`` bounds.
+        """
         session = self._session_for(asyncio.get_running_loop())
-        watch = _Watchdog(self._clock, self._timeouts, self._system_clock)
+        watch = _Watchdog(self._clock, self._timeouts, self._system_clock, connected=_ANSWER)
         token = _CURRENT.set(watch)
         try:
             response = await session.post(
-                self._url(path), data=body, allow_redirects=False, timeout=_NO_AIOHTTP_TIMEOUT
+                self._url(path),
+                data=_payload(body),
+                allow_redirects=False,
+                timeout=_NO_AIOHTTP_TIMEOUT,
             )
             try:
-                headers_at = watch.enter("idle")
+                headers_at = self._clock.monotonic()
                 data = await response.read()
             finally:
                 response.release()
@@ -178,7 +190,7 @@ class Transport:
         try:
             response = await session.post(
                 self._url(path),
-                data=body,
+                data=_payload(body),
                 headers=_STREAM_HEADERS,
                 allow_redirects=False,
                 timeout=_NO_AIOHTTP_TIMEOUT,
@@ -323,6 +335,19 @@ class HttpStream:
 
 _STREAM_HEADERS = {"Accept": "text/event-stream"}
 
+_LARGE_BODY = 1 << 20
+
+
+def _payload(body: bytes) -> bytes | io.BytesIO:
+    """``body`` as aiohttp should send it: bytes, or a buffer it writes piecewise when large.
+
+    aiohttp writes a bytes body in one go and warns (``ResourceWarning``) above
+    1 MiB; a long prompt is an ordinary request, so it goes as a buffer that
+    aiohttp writes in chunks, yielding to the event loop between them.
+    """
+    return io.BytesIO(body) if len(body) > _LARGE_BODY else body
+
+
 _CURRENT: contextvars.ContextVar[_Watchdog | None] = contextvars.ContextVar(
     "bastion_transport_watchdog", default=None
 )
@@ -337,11 +362,13 @@ class _WatchedConnector(aiohttp.TCPConnector):
         connection = await super().connect(req, traces, timeout)
         watch = _CURRENT.get()
         if watch is not None:
-            watch.enter("first_token")
+            watch.enter(watch.connected)
         return connection
 
 
 _INF = math.inf
+_ANSWER = "answer"
+"""The phase of a non-streamed call after connecting: no limit of its own, only the total."""
 
 
 class _Watchdog:
@@ -364,12 +391,17 @@ class _Watchdog:
         "_task",
         "_timer_at",
         "_total_at",
+        "connected",
         "fired",
         "started_at",
     )
 
-    def __init__(self, clock: Clock, limits: ModelTimeouts, system: bool) -> None:
+    def __init__(
+        self, clock: Clock, limits: ModelTimeouts, system: bool, *, connected: str = "first_token"
+    ) -> None:
         now = clock.monotonic()
+        self.connected = connected
+        """The phase entered once the connection is ready."""
         self._clock = clock
         self._limits = limits
         self._system = system
@@ -391,7 +423,7 @@ class _Watchdog:
     def enter(self, phase: str) -> float:
         """Start ``phase`` now (its limit counts from here); returns the clock time."""
         now = self._clock.monotonic()
-        limit: float | None = getattr(self._limits, phase)
+        limit: float | None = None if phase == _ANSWER else getattr(self._limits, phase)
         self._phase = phase
         self._phase_at = now + limit if limit is not None else _INF
         if self._task is not None:

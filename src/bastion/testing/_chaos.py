@@ -49,6 +49,8 @@ _ACTIONS = ("reply", "status", "disconnect", "stall", "malformed")
 _MODES = ("sequence", "cycle", "random")
 
 DEFAULT_TEXT = "Hello! This answer comes from the Bastion chaos server."
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+"""The largest request body accepted: long prompts are a case to test, not to refuse."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -367,7 +369,9 @@ class RecordedRequest:
 
     ``peer`` is the client's (host, port): requests with the same peer came
     over the same TCP connection. ``time`` is the server clock's monotonic
-    time on arrival; ``action`` is what the server did with it.
+    time on arrival; ``action`` is what the server did with it (a step's
+    action, ``"rejected"`` for a body that is not a JSON object, or
+    ``"too_large"`` for one over ``max_request_bytes``, answered with a 413).
     """
 
     path: str
@@ -433,6 +437,9 @@ class ChaosServer:
       the deployment is the model);
     * ``POST /v1/messages`` (Anthropic Messages).
 
+    Request bodies up to ``max_request_bytes`` (64 MiB) are accepted; a larger
+    one is recorded (action ``"too_large"``) and answered with a 413.
+
     Start it with ``async with`` (or ``start()`` / ``stop()``) inside an event
     loop, or with a plain ``with`` from sync code, which runs it on a
     background thread.
@@ -446,8 +453,11 @@ class ChaosServer:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Clock = SYSTEM_CLOCK,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         whole_number(port, "ChaosServer.port", minimum=0)
+        whole_number(max_request_bytes, "ChaosServer.max_request_bytes")
+        self._max_request_bytes = max_request_bytes
         self._default = _Cursor(_as_scenario(scenario))
         self._routes = {key: _Cursor(_as_scenario(value)) for key, value in (routes or {}).items()}
         self._host = host
@@ -549,7 +559,8 @@ class ChaosServer:
         """Listen on ``host:port`` (a free port when 0)."""
         if self._runner is not None:
             return
-        app = web.Application()
+        # aiohttp refuses bodies over 1 MiB by default; real prompts are larger.
+        app = web.Application(client_max_size=self._max_request_bytes)
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/v1/messages", self._handle)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._handle)
@@ -631,12 +642,20 @@ class ChaosServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         wire = _ANTHROPIC if request.path == "/v1/messages" else _OPENAI
-        raw = await request.read()
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self._record(request, None, False, None, peer, "too_large")
+            return wire.error_response(
+                413,
+                "request_too_large",
+                f"the request body is over the server's limit of {self._max_request_bytes} bytes",
+            )
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        peer = request.transport.get_extra_info("peername") if request.transport else None
         if not isinstance(body, dict):
             self._record(request, None, False, None, peer, "rejected")
             return wire.error_response(400, "invalid_request", "the body must be a JSON object")
