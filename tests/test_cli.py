@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import bastion
 
@@ -57,3 +58,20 @@ def test_chaos_server_rejects_a_missing_scenario_file_cleanly() -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "no-such-file.json" in result.stderr
+
+
+def test_db_upgrade_migrates_a_sqlite_file_and_is_idempotent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'bastion.db'}"
+    for _ in range(2):
+        result = bastion_cli("db", "upgrade", url)
+        assert result.returncode == 0, result.stderr
+        assert "newest schema" in result.stdout
+    assert (tmp_path / "bastion.db").exists()
+
+
+def test_db_upgrade_names_a_bad_url_without_a_traceback() -> None:
+    result = bastion_cli("db", "upgrade", "mysql://user:secret@db/x")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "sqlite:///" in result.stderr
+    assert "secret" not in result.stdout + result.stderr

@@ -37,6 +37,17 @@ def test_every_capability_has_a_page_with_an_example() -> None:
         "events",
         "errors",
         "testing",
+        "providers",
+        "chaos-server",
+        "fallback-chains",
+        "tokens-and-cost",
+        "context-window",
+        "caching",
+        "agents",
+        "stores",
+        "distributed-rate-limiting",
+        "budgets",
+        "redis-and-postgres",
     }
     assert expected <= pages
     with_examples = {name.split("#")[0].removesuffix(".md") for name, _ in blocks()}

@@ -17,6 +17,7 @@ PUBLIC_MODULES = [
     "bastion.testing",
     "bastion.models",
     "bastion.agents",
+    "bastion.stores",
 ]
 
 

@@ -23,6 +23,7 @@ from bastion._core.errors import (
     StoreUnavailableError,
 )
 from bastion._core.events import (
+    BudgetExceeded,
     CallRejected,
     CallTimedOut,
     CircuitStateChanged,
@@ -72,6 +73,7 @@ except _PackageNotFoundError:  # pragma: no cover - only from a bare source tree
 __all__ = [
     "SYSTEM_CLOCK",
     "BastionError",
+    "BudgetExceeded",
     "BudgetExceededError",
     "Bulkhead",
     "BulkheadConfig",

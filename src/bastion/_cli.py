@@ -64,6 +64,36 @@ def chaos_server(
     chaos_server_command(host=host, port=port, scenario_file=scenario)
 
 
+db_app = typer.Typer(help="Manage the SQL store's schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    url: Annotated[
+        str,
+        typer.Argument(
+            envvar="BASTION_STORE_URL",
+            help="Database URL, e.g. sqlite:///bastion.db or postgresql://user@host/db.",
+        ),
+    ] = "sqlite:///bastion.db",
+    schema: Annotated[
+        str | None, typer.Option(help="PostgreSQL schema to use (default: the search path).")
+    ] = None,
+) -> None:
+    """Apply every schema migration the database lacks (idempotent, safe to run twice)."""
+    from bastion._core.errors import BastionError
+    from bastion._core.redact import redact_url
+    from bastion.stores import upgrade
+
+    try:
+        asyncio.run(upgrade(url, schema=schema))
+    except BastionError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        raise typer.Exit(code=1) from None
+    typer.echo(f"{redact_url(url)} is at the newest schema")
+
+
 def main() -> None:
     """Entry point of the ``bastion`` console script."""
     app()

@@ -284,3 +284,16 @@ async def test_pricing_table_and_context_manager_plug_in() -> None:
     sent = model.requests[0].messages
     assert sent[-1] == Message.user("new question")
     assert len(sent) == 1  # the old turns did not fit and were dropped
+
+
+async def test_a_response_cache_answers_repeated_runs() -> None:
+    from bastion.models import ResponseCache
+    from bastion.stores import MemoryCacheStore
+
+    model = ScriptedModel(["cached answer"])
+    agent = Agent(name="a", model=model, cache=ResponseCache(MemoryCacheStore()))
+    first = await agent.run("same question")
+    second = await agent.run("same question")
+    assert first.output == second.output == "cached answer"
+    assert model.calls == 1
+    assert second.usage.total_tokens == 0  # a hit costs nothing

@@ -27,9 +27,9 @@ from bastion import (
     CircuitStateChanged,
     ConfigurationError,
     EventBus,
+    counts_against_callee,
 )
 from bastion.resilience import CircuitMetrics
-from bastion.resilience._breaker import counts_against_callee
 from bastion.resilience._windows import (
     FAILURE,
     SLOW,

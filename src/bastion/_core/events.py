@@ -15,9 +15,11 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, TypeVar
 
 __all__ = [
+    "BudgetExceeded",
     "CallRejected",
     "CallTimedOut",
     "CircuitStateChanged",
@@ -90,6 +92,22 @@ class FallbackUsed(Event):
 
     served_by: str
     skipped: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetExceeded(Event):
+    """Spending went, or would go, over the cap named ``cap``.
+
+    ``action`` says what was done about it: ``"raise"`` or ``"refused"`` (the
+    call was stopped), ``"warn"`` or ``"warned"`` (it went ahead), ``"truncated"``
+    (it went ahead with less); ``requested_usd`` is what a refused reservation asked for.
+    """
+
+    cap: str
+    limit_usd: Decimal
+    spent_usd: Decimal
+    action: str
+    requested_usd: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,6 +27,7 @@ from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import BastionError, ConfigurationError
 from bastion._core.usage import Usage
 from bastion.agents._tools import Tool
+from bastion.models._cache import CachedModel, ResponseCache
 from bastion.models._types import (
     ChatModel,
     ChatRequest,
@@ -81,6 +82,8 @@ class Agent:
 
     ``pricing`` turns a model's usage into dollars for ``RunResult.cost_usd``
     (a ``PricingTable``'s ``cost`` method fits); without it the cost is None.
+    ``cache`` serves repeated identical requests from a ``ResponseCache``
+    (the model is wrapped in a ``CachedModel``; cache hits cost nothing).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class Agent:
         temperature: float | None = None,
         max_tokens: int | None = None,
         context: Callable[[ChatRequest], ChatRequest] | None = None,
+        cache: ResponseCache | None = None,
         pricing: Pricer | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -101,7 +105,7 @@ class Agent:
             msg = f"Agent.max_steps must be a whole number >= 1; got {max_steps!r}"
             raise ConfigurationError(msg)
         self.name = name
-        self.model = model
+        self.model: ChatModel = CachedModel(model, cache) if cache is not None else model
         self.instructions = instructions
         self.tools = {t.name: t for t in (_as_tool(x) for x in tools)}
         if len(self.tools) != len(tools):

@@ -2,6 +2,13 @@
 
 from bastion._core.usage import Usage
 from bastion.models._anthropic import AnthropicModel
+from bastion.models._cache import (
+    CachedModel,
+    CacheStats,
+    EmbeddingCache,
+    ResponseCache,
+    skip_cache,
+)
 from bastion.models._context import CONTEXT_WINDOWS, ContextWindowManager, context_window_for
 from bastion.models._cost import BudgetExceeded, BudgetWarning, CostTracker, ModelSpend
 from bastion.models._errors import (
@@ -43,6 +50,8 @@ __all__ = [
     "AuthenticationFailed",
     "BudgetExceeded",
     "BudgetWarning",
+    "CacheStats",
+    "CachedModel",
     "ChatModel",
     "ChatRequest",
     "Completion",
@@ -50,6 +59,7 @@ __all__ = [
     "ContextLengthExceeded",
     "ContextWindowManager",
     "CostTracker",
+    "EmbeddingCache",
     "FallbackChain",
     "FinishReason",
     "MalformedResponse",
@@ -67,6 +77,7 @@ __all__ = [
     "ProviderTimeout",
     "ProviderUnavailable",
     "Reply",
+    "ResponseCache",
     "Role",
     "ScriptedModel",
     "StreamChunk",
@@ -80,4 +91,5 @@ __all__ = [
     "count_tokens",
     "create_fallback_chain",
     "estimate_tokens",
+    "skip_cache",
 ]

@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import Final, Literal, overload
 
 from bastion._core.errors import BudgetExceededError, ConfigurationError
-from bastion._core.events import Event, EventBus, default_bus
+from bastion._core.events import BudgetExceeded, EventBus, default_bus
 from bastion._core.usage import Usage
 from bastion._core.validate import one_of
 from bastion.models._pricing import PricingTable
@@ -39,15 +39,6 @@ _ACTIONS: Final = ("raise", "warn")
 
 class BudgetWarning(UserWarning):
     """A :class:`CostTracker` with ``on_budget_exceeded="warn"`` went over its budget."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BudgetExceeded(Event):
-    """A tracker's total went over its budget; ``action`` is ``"raise"`` or ``"warn"``."""
-
-    limit_usd: Decimal
-    spent_usd: Decimal
-    action: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -196,7 +187,11 @@ class CostTracker:
         bus = self._bus if self._bus is not None else default_bus()
         bus.emit(
             BudgetExceeded(
-                source=self.name, limit_usd=budget, spent_usd=total, action=self._on_exceeded
+                source=self.name,
+                cap="tracker",
+                limit_usd=budget,
+                spent_usd=total,
+                action=self._on_exceeded,
             )
         )
         if self._on_exceeded == "raise":

@@ -28,6 +28,7 @@ from bastion.resilience._ratelimit import (
     RateLimitConfig,
     RateLimitDecision,
     RateLimiter,
+    RedisRateLimiter,
     estimate_tokens,
 )
 from bastion.resilience._registry import CircuitBreakerRegistry
@@ -57,6 +58,7 @@ __all__ = [
     "RateLimitConfig",
     "RateLimitDecision",
     "RateLimiter",
+    "RedisRateLimiter",
     "ResilienceOptions",
     "ResilientAgent",
     "ResilientCallable",

@@ -11,12 +11,20 @@ LLM quotas count tokens as well as requests, so a call can cost against
 ``max_rpm`` and ``max_tpm`` at once; it is admitted against both or neither, so a
 call refused for tokens never uses up a request.
 
-The counting is exact (see :mod:`bastion.resilience._window_log` for why a
+The counting is exact (see :mod:`bastion.stores._window_log` for why a
 sliding log and not a bucket): no interval of ``window`` seconds ever holds more
-than the limit. The log lives in a *backend*; the in-memory
-:class:`SlidingWindowLog` is the default, and a shared store (Redis, SQL) plugs
-in through ``backend=`` behind the same interface. This module only turns
-decisions into waits, errors and events; time comes from the injected clock.
+than the limit. ``algorithm="fixed"`` trades that for a cheaper counter that
+holds per fixed window only (see :mod:`bastion.stores._fixed_window`).
+
+Where the counts live is the *backend*. By default it is an in-process log
+asked synchronously with the limiter's own clock -- the hot path, a few
+microseconds. ``backend=`` takes a store instead (``open_store("redis://...")``,
+SQL, memory): then every process sharing the store shares the limit, each
+decision is one atomic step on the store, and the store keeps time. A store
+can be unreachable; ``on_store_failure`` says whether calls then go through
+unchecked (``"open"``, the default) or are refused with
+:class:`StoreUnavailableError` (``"closed"``). This module only turns
+decisions into waits, errors and events.
 """
 
 from __future__ import annotations
@@ -24,10 +32,15 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
-from bastion._core.errors import ConfigurationError, RateLimitError, RequestTooLargeError
+from bastion._core.errors import (
+    ConfigurationError,
+    RateLimitError,
+    RequestTooLargeError,
+    StoreUnavailableError,
+)
 from bastion._core.events import CallRejected, EventBus, default_bus
 from bastion._core.validate import (
     at_least,
@@ -41,14 +54,27 @@ from bastion._core.validate import (
     positive_number,
 )
 from bastion.resilience._invoke import decorate
-from bastion.resilience._window_log import RateLimitBackend, SlidingWindowLog, WindowDecision
+from bastion.stores._base import FailureMode, report_degraded
+from bastion.stores._ratelimit import ALGORITHMS, Algorithm, RateLimitStore, WindowSpec
+from bastion.stores._redis import RedisStore
+from bastion.stores._window_log import RateLimitBackend, WindowDecision
 
-__all__ = ["RateLimitConfig", "RateLimitDecision", "RateLimiter", "estimate_tokens"]
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = [
+    "RateLimitConfig",
+    "RateLimitDecision",
+    "RateLimiter",
+    "RedisRateLimiter",
+    "estimate_tokens",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 _MODES = ("reject", "wait")
+_FAILURE_MODES = ("open", "closed")
 _REQUEST_COST = (1.0,)
 
 
@@ -98,6 +124,12 @@ class RateLimitConfig:
     tokens: Callable[..., float] | None = None
     """``tokens(*args, **kwargs)``, called with the same arguments as the wrapped agent's run /
     the decorated function, prices a call for ``max_tpm``; None: :func:`estimate_tokens`."""
+    algorithm: Algorithm = "sliding"
+    """``"sliding"``: exact, no interval of ``window`` seconds exceeds a limit; ``"fixed"``:
+    per fixed window only (up to twice a limit across a boundary), but cheaper to store."""
+    on_store_failure: FailureMode = "open"
+    """With a store as backend, when it cannot be reached: ``"open"`` lets calls through
+    unchecked, ``"closed"`` refuses them with ``StoreUnavailableError``."""
 
     def __post_init__(self) -> None:
         if self.max_rpm is not None:
@@ -117,6 +149,8 @@ class RateLimitConfig:
             )
         positive_number(self.window, "RateLimitConfig.window", unit="seconds")
         one_of(self.mode, "RateLimitConfig.mode", _MODES)
+        one_of(self.algorithm, "RateLimitConfig.algorithm", ALGORITHMS)
+        one_of(self.on_store_failure, "RateLimitConfig.on_store_failure", _FAILURE_MODES)
         non_negative_number(self.max_wait, "RateLimitConfig.max_wait", unit="seconds")
         callable_or_none(
             self.key, "RateLimitConfig.key", what="a function of the call's arguments -> str"
@@ -165,17 +199,23 @@ class RateLimiter:
     >>> @limiter
     ... async def search(q: str) -> list[str]: ...
 
-    ``backend`` swaps the in-memory log for a shared store implementing
-    :class:`RateLimitBackend` with the same limits and window.
+    ``backend`` is where the counts live: an in-process log (a
+    :class:`RateLimitBackend` with the same limits and window, e.g. one shared
+    by two limiters) or a store (:class:`~bastion.stores.RateLimitStore`), which
+    shares the limit with every process using it. With a store, only the async
+    methods can ask it (``acquire``, ``check``, ``call``, an async decorated function).
     """
 
     __slots__ = (
-        "_backend",
         "_bus",
         "_costs",
+        "_log",
         "_max_tokens",
         "_names",
+        "_open",
         "_priced",
+        "_spec",
+        "_store",
         "clock",
         "config",
         "name",
@@ -188,7 +228,7 @@ class RateLimiter:
         name: str = "rate_limit",
         clock: Clock = SYSTEM_CLOCK,
         bus: EventBus | None = None,
-        backend: RateLimitBackend | None = None,
+        backend: RateLimitBackend | RateLimitStore | None = None,
     ) -> None:
         self.config = instance_of(config, RateLimitConfig, "RateLimiter.config")
         self.name = name
@@ -207,8 +247,20 @@ class RateLimiter:
         self._priced = self.config.max_tpm is not None
         max_tpm = self.config.max_tpm
         self._max_tokens = math.inf if max_tpm is None else float(max_tpm)
+        self._spec = WindowSpec(
+            limits=tuple(limits),
+            window=self.config.window,
+            algorithm=self.config.algorithm,
+            name=name,
+            names=self._names,
+        )
+        self._open = WindowDecision(True, 0, limits[0], limits[0], 0.0, 0.0)
+        self._store: RateLimitStore | None = None
+        self._log: RateLimitBackend | None = None
         if backend is None:
-            backend = SlidingWindowLog(limits=limits, window=self.config.window, names=names)
+            self._log = self._spec.local()
+        elif isinstance(backend, RateLimitStore):
+            self._store = backend
         elif tuple(backend.limits) != tuple(limits) or backend.window != self.config.window:
             msg = (
                 f"RateLimiter(backend) counts limits={tuple(backend.limits)!r} per "
@@ -216,7 +268,8 @@ class RateLimiter:
                 f"{self.config.window!r}s; build the backend from the same config"
             )
             raise ConfigurationError(msg)
-        self._backend = backend
+        else:
+            self._log = backend
 
     def __repr__(self) -> str:
         c = self.config
@@ -226,17 +279,33 @@ class RateLimiter:
         )
 
     @property
-    def backend(self) -> RateLimitBackend:
-        """The store that holds the log of admitted calls."""
-        return self._backend
+    def backend(self) -> RateLimitBackend | RateLimitStore:
+        """Where the counts live: the in-process log, or the store given as ``backend=``."""
+        if self._store is not None:
+            return self._store
+        assert self._log is not None
+        return self._log
 
     def try_acquire(self, key: str = "default", *, tokens: float = 0.0) -> RateLimitDecision:
         """Admit one call costing ``tokens`` now, or refuse it at once; never waits or raises.
 
-        A refusal emits ``CallRejected`` like every other one.
+        A refusal emits ``CallRejected`` like every other one. In-process
+        backends only: with a store, use :meth:`check`.
         """
         costs = self._price(key, tokens)
-        verdict = self._backend.decide(key, costs, self.clock.monotonic())
+        verdict = self._local("try_acquire", "check").decide(key, costs, self.clock.monotonic())
+        if not verdict.allowed:
+            self._emit_rejected(verdict)
+        return self._public(verdict)
+
+    async def check(self, key: str = "default", *, tokens: float = 0.0) -> RateLimitDecision:
+        """:meth:`try_acquire` for every backend, stores included: admit now or refuse at once.
+
+        Never waits and never raises for a refusal (only ``StoreUnavailableError``
+        when the store is down and ``on_store_failure="closed"``).
+        """
+        costs = self._price(key, tokens)
+        verdict = await self._decide(key, costs)
         if not verdict.allowed:
             self._emit_rejected(verdict)
         return self._public(verdict)
@@ -308,19 +377,51 @@ class RateLimiter:
     async def _admit(self, key: str, tokens: float) -> WindowDecision:
         costs = self._price(key, tokens)
         waited = 0.0
+        log = self._log
         while True:
-            verdict = self._backend.decide(key, costs, self.clock.monotonic())
+            if log is not None:
+                verdict = log.decide(key, costs, self.clock.monotonic())
+            else:
+                verdict = await self._decide(key, costs)
             if verdict.allowed:
                 return verdict
             delay = self._delay_or_raise(key, costs, verdict, waited)
             await self.clock.sleep(delay)
             waited += delay
 
+    async def _decide(self, key: str, costs: tuple[float, ...]) -> WindowDecision:
+        """Ask the backend; a store that cannot answer gets the configured failure mode."""
+        store = self._store
+        if store is None:
+            assert self._log is not None
+            return self._log.decide(key, costs, self.clock.monotonic())
+        try:
+            return await store.rate_limit(key, costs, self._spec)
+        except StoreUnavailableError as exc:
+            mode = self.config.on_store_failure
+            report_degraded(exc, source=self.name, mode=mode, bus=self._bus)
+            if mode == "closed":
+                raise
+            return self._open
+
+    def _local(self, api: str, instead: str) -> RateLimitBackend:
+        """The in-process log, for the sync shells; a store cannot be asked without awaiting."""
+        log = self._log
+        if log is None:
+            assert self._store is not None
+            msg = (
+                f"{api} cannot ask the {self._store.backend} store behind {self.name!r}: a "
+                f"shared store answers over the network, so use `await limiter.{instead}(...)`"
+            )
+            raise ConfigurationError(msg)
+        return log
+
     def _admit_sync(self, key: str, tokens: float) -> WindowDecision:
         costs = self._price(key, tokens)
         waited = 0.0
+        log = self._local("a sync call (acquire_sync, call_sync, a sync function)", "acquire")
         while True:
-            verdict = self._backend.decide(key, costs, self.clock.monotonic())
+            verdict = log.decide(key, costs, self.clock.monotonic())
             if verdict.allowed:
                 return verdict
             delay = self._delay_or_raise(key, costs, verdict, waited)
@@ -385,3 +486,60 @@ def _cost_builder(names: tuple[str, ...]) -> Callable[[float], tuple[float, ...]
         return (1.0, check(tokens))
 
     return both
+
+
+class RedisRateLimiter:
+    """A rate limit shared through Redis, for callers that only have a Redis client.
+
+    ``max_requests`` per ``window`` seconds per key, decided by one Lua script
+    on the server (see :class:`~bastion.stores.RedisStore`). It is a thin
+    front for ``RateLimiter(config, backend=RedisStore(client=...))`` -- the
+    same limiter, errors and events -- with the names such callers expect:
+
+    >>> limiter = RedisRateLimiter(client=redis_client, window=60, max_requests=100)
+    >>> decision = await limiter.check("user-42")      # admit now or say when
+    >>> reply = await limiter.execute(call_model, key="user-42")  # or RateLimitError
+    """
+
+    __slots__ = ("limiter", "store")
+
+    def __init__(
+        self,
+        *,
+        client: Redis,
+        window: float,
+        max_requests: float,
+        algorithm: Algorithm = "sliding",
+        on_store_failure: FailureMode = "open",
+        name: str = "redis_rate_limit",
+        namespace: str = "bastion",
+        timeout: float = 1.0,
+        clock: Clock = SYSTEM_CLOCK,
+        bus: EventBus | None = None,
+    ) -> None:
+        config = RateLimitConfig(
+            max_rpm=max_requests,
+            window=window,
+            algorithm=algorithm,
+            on_store_failure=on_store_failure,
+        )
+        self.store = RedisStore(client=client, namespace=namespace, timeout=timeout)
+        """The store the decisions run in (it never closes your client)."""
+        self.limiter = RateLimiter(config, name=name, clock=clock, bus=bus, backend=self.store)
+        """The limiter doing the work, for everything beyond check and execute."""
+
+    def __repr__(self) -> str:
+        c = self.limiter.config
+        return (
+            f"RedisRateLimiter(name={self.limiter.name!r}, max_requests={c.max_rpm!r}, "
+            f"window={c.window!r}, algorithm={c.algorithm!r})"
+        )
+
+    async def check(self, key: str = "default") -> RateLimitDecision:
+        """Count one request for ``key`` if it fits now; the decision says so either way."""
+        return await self.limiter.check(key)
+
+    async def execute(self, fn: Callable[[], Awaitable[T]], /, *, key: str = "default") -> T:
+        """Await ``fn()`` once ``key`` has room; raise :class:`RateLimitError` when it has none."""
+        await self.limiter.acquire(key)
+        return await fn()

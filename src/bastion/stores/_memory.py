@@ -1,0 +1,170 @@
+"""The in-process store: for tests, and for one process that needs no shared state.
+
+It keeps everything in dictionaries behind one lock and never fails, so it is
+also the reference the conformance suite holds every other backend to. It
+answers the same protocols with the same rules as the shared stores (the
+window algorithms and the reservation rule are the very same functions), but
+its state dies with the process and is invisible to other processes.
+
+Rate limits run on the store's ``clock.monotonic()``; budgets on the wall
+time their enforcer passes in.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Sequence
+from typing import Self
+
+from bastion._core.clock import SYSTEM_CLOCK, Clock
+from bastion.stores._budget_store import (
+    CapCharge,
+    ReserveMode,
+    ReserveOutcome,
+    decide_reservation,
+)
+from bastion.stores._keys import check_scope, scope_path
+from bastion.stores._ratelimit import WindowSpec
+from bastion.stores._window_log import RateLimitBackend, WindowDecision, check_costs
+
+__all__ = ["MemoryStore"]
+
+
+class _Cap:
+    """One budget counter: what was settled, and the live holds on it."""
+
+    __slots__ = ("expires_at", "holds", "settled")
+
+    def __init__(self, expires_at: float) -> None:
+        self.settled = 0
+        self.holds: dict[str, tuple[int, float]] = {}
+        """reservation id -> (micro-dollars, hold_until)."""
+        self.expires_at = expires_at
+
+    def committed(self, now: float) -> int:
+        holds = self.holds
+        for reservation in [r for r, (_, until) in holds.items() if until <= now]:
+            del holds[reservation]
+        return self.settled + sum(amount for amount, _ in holds.values())
+
+
+class _State:
+    """Everything a root store and its scoped views share."""
+
+    __slots__ = ("caps", "lock", "logs")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.logs: dict[WindowSpec, RateLimitBackend] = {}
+        self.caps: dict[str, _Cap] = {}
+
+
+class MemoryStore:
+    """Rate limits and budgets in this process's memory (``memory://``)."""
+
+    __slots__ = ("_clock", "_prefix", "_scope", "_state")
+
+    def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
+        self._state = _State()
+        self._scope: tuple[str, ...] = ()
+        self._prefix = scope_path(())
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(scope={self._scope!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def backend(self) -> str:
+        return "memory"
+
+    @property
+    def scope(self) -> tuple[str, ...]:
+        return self._scope
+
+    def scoped(self, name: str) -> Self:
+        view = copy.copy(self)
+        view._scope = (*self._scope, check_scope(name))
+        view._prefix = scope_path(view._scope)
+        return view
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    # -- rate limits ---------------------------------------------------------------------------
+
+    async def rate_limit(
+        self, key: str, costs: Sequence[float], spec: WindowSpec
+    ) -> WindowDecision:
+        check_costs(costs, spec.limits, spec.names, spec.window)
+        state = self._state
+        log = state.logs.get(spec)
+        if log is None:
+            with state.lock:
+                log = state.logs.setdefault(spec, spec.local())
+        return log.decide(self._prefix + key, costs, self._clock.monotonic())
+
+    # -- budgets -------------------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        reservation: str,
+        caps: Sequence[CapCharge],
+        amount: int,
+        *,
+        mode: ReserveMode,
+        now: float,
+        hold_until: float,
+    ) -> ReserveOutcome:
+        with self._state.lock:
+            counters = [self._cap(cap, now) for cap in caps]
+            for counter in counters:  # a retried reserve replaces its own hold
+                counter.holds.pop(reservation, None)
+            committed = tuple(counter.committed(now) for counter in counters)
+            granted, over = decide_reservation(committed, [cap.limit for cap in caps], amount, mode)
+            if granted > 0:
+                for counter in counters:
+                    counter.holds[reservation] = (granted, hold_until)
+            return ReserveOutcome(granted, over, committed)
+
+    async def settle(
+        self, reservation: str, caps: Sequence[CapCharge], amount: int, *, now: float
+    ) -> None:
+        with self._state.lock:
+            for cap in caps:
+                counter = self._cap(cap, now)
+                counter.holds.pop(reservation, None)
+                counter.settled += amount
+
+    async def release(self, reservation: str, caps: Sequence[CapCharge]) -> None:
+        with self._state.lock:
+            for cap in caps:
+                counter = self._state.caps.get(self._prefix + cap.key)
+                if counter is not None:
+                    counter.holds.pop(reservation, None)
+
+    async def committed(self, caps: Sequence[CapCharge], *, now: float) -> tuple[int, ...]:
+        with self._state.lock:
+            return tuple(self._cap(cap, now).committed(now) for cap in caps)
+
+    def _cap(self, cap: CapCharge, now: float) -> _Cap:
+        """The live counter of ``cap`` (a fresh one once its period is over); lock held."""
+        caps = self._state.caps
+        key = self._prefix + cap.key
+        counter = caps.get(key)
+        if counter is None or counter.expires_at <= now:
+            counter = caps[key] = _Cap(cap.expires_at)
+            if len(caps) % 1024 == 0:
+                for stale in [k for k, c in caps.items() if c.expires_at <= now]:
+                    del caps[stale]
+                caps[key] = counter
+        return counter

@@ -1,0 +1,280 @@
+"""The Redis store: shared state for many processes and machines, every decision one Lua script.
+
+Every read-check-write runs inside one script (see
+:mod:`bastion.stores._redis_lua`), so it is atomic without locks or ``WATCH``
+retries. Rate limits run on the server's clock (``TIME`` inside the script),
+so clients on different machines agree on every window; ``clock=`` replaces it
+for tests only.
+
+Throughput: redis-py spends more per command than Redis spends on a small
+script, so rate-limit decisions that pile up while one call is in flight are
+sent together as the next call (``batch=True``, the default; see
+:mod:`bastion.stores._coalesce`) -- a lone decision still goes out at once,
+and each decision in a batch is still made atomically. Batching puts
+different limited keys in one script call, which Redis Cluster refuses: use
+``batch=False`` there.
+
+Keys start with ``namespace`` (default ``bastion``) and the scope path. The
+keys one decision touches share a hash tag: a rate-limit key's keys sit in
+one slot per limited key; all budget keys of one namespace sit in one slot (a
+reservation touches several caps at once).
+
+The client is built with retries off: a command re-sent after a lost reply
+could run its script twice. Each operation is bounded by ``timeout`` (default
+1 s), queueing for a connection included; a dead or stalled server becomes
+``StoreUnavailableError`` within it. redis-py is imported only when a Redis
+store is made (``pip install 'bastion[redis]'``). Needs Redis >= 7.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Self, cast
+
+from bastion._core.clock import Clock
+from bastion._core.errors import ConfigurationError
+from bastion._core.validate import positive_number
+from bastion.stores._base import call_store
+from bastion.stores._budget_store import CapCharge, ReserveMode, ReserveOutcome
+from bastion.stores._coalesce import Coalescer
+from bastion.stores._keys import check_scope, escape, scope_path
+from bastion.stores._ratelimit import WindowSpec
+from bastion.stores._redis_lua import (
+    BUDGET_COMMITTED,
+    BUDGET_RELEASE,
+    BUDGET_RESERVE,
+    BUDGET_SETTLE,
+    RATE_LIMIT,
+)
+from bastion.stores._window_log import WindowDecision, check_costs, until
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = ["RedisStore", "import_redis"]
+
+
+def import_redis() -> Any:
+    """``redis.asyncio``, or an ImportError that says which extra to install."""
+    try:
+        import redis.asyncio as redis_asyncio
+    except ImportError as exc:
+        msg = "the Redis store needs redis-py: pip install 'bastion[redis]'"
+        raise ImportError(msg) from exc
+    return redis_asyncio
+
+
+_Decision = tuple[list[str], list[str]]
+"""The keys and arguments of one rate-limit decision (without the shared ``now``)."""
+
+
+class _Shared:
+    """What a root store and its scoped views share: the client, the scripts, the batcher."""
+
+    __slots__ = ("client", "clock", "coalescer", "owned", "scripts", "unavailable")
+
+    def __init__(
+        self, client: Redis, *, owned: bool, clock: Clock | None, timeout: float, batch: bool
+    ) -> None:
+        import redis.exceptions as errors
+
+        self.client = client
+        self.owned = owned
+        self.clock = clock
+        self.scripts: dict[str, AsyncScript] = {
+            name: client.register_script(source)
+            for name, source in (
+                ("rate_limit", RATE_LIMIT),
+                ("reserve", BUDGET_RESERVE),
+                ("settle", BUDGET_SETTLE),
+                ("release", BUDGET_RELEASE),
+                ("committed", BUDGET_COMMITTED),
+            )
+        }
+        lost = (errors.ConnectionError, errors.TimeoutError, OSError)
+        self.unavailable: Callable[[Exception], bool] = lambda exc: isinstance(exc, lost)
+        self.coalescer: Coalescer[_Decision, str] | None = (
+            Coalescer(self.decide, timeout=timeout) if batch else None
+        )
+
+    def now(self) -> str:
+        return "" if self.clock is None else repr(self.clock.time())
+
+    async def decide(self, decisions: list[_Decision]) -> list[str]:
+        """Run ``decisions`` in one script call; one reply string per decision."""
+        keys: list[str] = []
+        args: list[str] = [self.now()]
+        for decision_keys, decision_args in decisions:
+            keys += decision_keys
+            args += decision_args
+        reply = await self.scripts["rate_limit"](keys=keys, args=args)
+        text = reply.decode() if isinstance(reply, bytes) else str(reply)
+        return text.split(";")
+
+
+class RedisStore:
+    """Rate limits and budgets in Redis (``redis://host:port/db``).
+
+    Give either ``url`` (the store builds and owns a client whose pool makes callers
+    queue for one of ``max_connections`` connections) or ``client``
+    (yours; the store never closes it -- build it with ``retry=Retry(NoBackoff(), 0)``
+    so a lost reply is never answered by running a script twice). ``batch=False``
+    sends every rate-limit decision on its own (needed on Redis Cluster).
+    """
+
+    __slots__ = ("_budget_tag", "_namespace", "_prefix", "_scope", "_shared", "_timeout")
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | None = None,
+        namespace: str = "bastion",
+        timeout: float = 1.0,
+        clock: Clock | None = None,
+        max_connections: int = 50,
+        batch: bool = True,
+    ) -> None:
+        self._timeout = positive_number(timeout, "RedisStore.timeout", unit="seconds")
+        redis_asyncio = import_redis()
+        if (url is None) == (client is None):
+            msg = (
+                "RedisStore needs exactly one of url= (e.g. 'redis://localhost:6379/0') or client="
+            )
+            raise ConfigurationError(msg)
+        if client is None:
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            pool = redis_asyncio.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            client = redis_asyncio.Redis.from_pool(pool)  # the client owns (and closes) the pool
+            owned = True
+        else:
+            owned = False
+        self._shared = _Shared(client, owned=owned, clock=clock, timeout=self._timeout, batch=batch)
+        self._namespace = escape(namespace)
+        self._scope: tuple[str, ...] = ()
+        self._prefix = scope_path(())
+        self._budget_tag = "{" + self._namespace + ":budget}"
+
+    def __repr__(self) -> str:
+        return f"RedisStore(namespace={self._namespace!r}, scope={self._scope!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def backend(self) -> str:
+        return "redis"
+
+    @property
+    def scope(self) -> tuple[str, ...]:
+        return self._scope
+
+    @property
+    def client(self) -> Redis:
+        """The redis-py client (shared by every view of this store)."""
+        return self._shared.client
+
+    def scoped(self, name: str) -> Self:
+        view = copy.copy(self)
+        view._scope = (*self._scope, check_scope(name))
+        view._prefix = scope_path(view._scope)
+        return view
+
+    async def ping(self) -> None:
+        await self._call("ping", cast("Awaitable[object]", self._shared.client.ping()))
+
+    async def aclose(self) -> None:
+        if self._shared.owned:
+            await self._shared.client.aclose()
+
+    async def _call(self, operation: str, work: Awaitable[Any]) -> Any:
+        return await call_store("redis", operation, self._timeout, work, self._shared.unavailable)
+
+    # -- rate limits ---------------------------------------------------------------------------
+
+    async def rate_limit(
+        self, key: str, costs: Sequence[float], spec: WindowSpec
+    ) -> WindowDecision:
+        check_costs(costs, spec.limits, spec.names, spec.window)
+        base = f"{self._namespace}:rl:{{{self._prefix}{spec.tag}:{key}}}"
+        head = [spec.algorithm[0], str(len(costs)), repr(spec.window)]
+        args = [*head, *map(repr, costs), *map(repr, spec.limits)]
+        keys = [base + ":f"] if spec.algorithm == "fixed" else [base + ":l", base + ":s"]
+        shared = self._shared
+        if shared.coalescer is not None:
+            work = shared.coalescer.submit((keys, args))
+        else:
+            work = self._decide_alone(keys, args)
+        allowed, binding, limit, remaining, retry_at, reset_at, now = (
+            await self._call("rate_limit", work)
+        ).split(" ")
+        at = float(now)
+        return WindowDecision(
+            allowed == "1",
+            int(binding),
+            float(limit),
+            float(remaining),
+            until(float(retry_at), at),
+            until(float(reset_at), at),
+            at,
+        )
+
+    async def _decide_alone(self, keys: list[str], args: list[str]) -> str:
+        return (await self._shared.decide([(keys, args)]))[0]
+
+    # -- budgets -------------------------------------------------------------------------------
+
+    def _cap_keys(self, caps: Sequence[CapCharge]) -> list[str]:
+        keys: list[str] = []
+        for cap in caps:
+            name = self._prefix + cap.key
+            keys.append(f"{self._budget_tag}:c:{name}")
+            keys.append(f"{self._budget_tag}:h:{name}")
+        return keys
+
+    async def reserve(
+        self,
+        reservation: str,
+        caps: Sequence[CapCharge],
+        amount: int,
+        *,
+        mode: ReserveMode,
+        now: float,
+        hold_until: float,
+    ) -> ReserveOutcome:
+        args: list[str | int] = [reservation, amount, mode, repr(now), repr(hold_until)]
+        for cap in caps:
+            args += [cap.limit, repr(max(cap.expires_at, hold_until))]
+        script = self._shared.scripts["reserve"]
+        reply = await self._call("reserve", script(keys=self._cap_keys(caps), args=args))
+        return ReserveOutcome(int(reply[0]), int(reply[1]), tuple(int(v) for v in reply[2:]))
+
+    async def settle(
+        self, reservation: str, caps: Sequence[CapCharge], amount: int, *, now: float
+    ) -> None:
+        args: list[str | int] = [reservation, amount, repr(now)]
+        args += [repr(cap.expires_at) for cap in caps]
+        script = self._shared.scripts["settle"]
+        await self._call("settle", script(keys=self._cap_keys(caps), args=args))
+
+    async def release(self, reservation: str, caps: Sequence[CapCharge]) -> None:
+        script = self._shared.scripts["release"]
+        await self._call("release", script(keys=self._cap_keys(caps), args=[reservation]))
+
+    async def committed(self, caps: Sequence[CapCharge], *, now: float) -> tuple[int, ...]:
+        script = self._shared.scripts["committed"]
+        reply = await self._call("committed", script(keys=self._cap_keys(caps), args=[repr(now)]))
+        return tuple(int(v) for v in reply)

@@ -1,0 +1,326 @@
+"""The Lua scripts behind the Redis store: every decision runs inside one script, atomically.
+
+Redis runs a script as one step -- no other command interleaves -- which is
+what makes "check every limit, then record the call" or "check every cap,
+then hold the amount on all of them" safe across any number of clients
+without a lock. The rate-limit script takes a *list* of decisions and makes
+them one after the other, so the store can send every decision that piled up
+during one round trip in the next single call (see
+:mod:`bastion.stores._coalesce`); each decision stays atomic, and a batch of
+one is the plain case. Each script is the same rule as the Python code the other
+backends share (:mod:`bastion.stores._window_log`,
+:mod:`bastion.stores._fixed_window`, :mod:`bastion.stores._budget_store`),
+rewritten once in Lua; the conformance suite holds both to the same results.
+
+Conventions: numbers go in and out as strings formatted with ``%.17g`` (Lua
+would otherwise print 14 digits and Redis would truncate replies to integers),
+and a rate-limit reply is one compact string rather than an array, which is
+cheaper for the client to parse;
+times come back as absolute deadlines and Python turns them into waits, so
+the float rounding rule lives in one place. An empty ``now`` argument means
+"use the server's ``TIME``": every client then shares the server's clock.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BUDGET_COMMITTED", "BUDGET_RELEASE", "BUDGET_RESERVE", "BUDGET_SETTLE", "RATE_LIMIT"]
+
+RATE_LIMIT = """
+-- Decides one or more rate-limit calls, each atomically (the script runs as one step).
+-- ARGV[1]: now ('' = the server's TIME); then per decision: algorithm ('s' sliding log, 'f' fixed
+-- window), n (number of limits), window, cost1..costN, limit1..limitN.
+-- KEYS per decision: sliding: the log zset (score: expires_at; member: seq:cost1:...:costN) and a
+-- state hash (seq, s<i> running sums, l<i> newest weighted expiry); fixed: one hash (w: window
+-- number, s<i>: sums in it).
+-- Reply: one string, decisions separated by ';', each 'allowed binding limit remaining
+-- retry_deadline reset_deadline now' (deadlines absolute; the caller turns them into waits).
+local function fmt(x) return string.format('%.17g', x) end
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
+end
+local nowf = fmt(now)
+local fields = {}
+local function field_names(n, with_last)
+  local key = n .. (with_last and 'l' or 'f')
+  if fields[key] then return fields[key] end
+  local names = {}
+  if with_last then
+    names[1] = 'seq'
+    for i = 1, n do names[1 + i] = 's' .. i; names[1 + n + i] = 'l' .. i end
+  else
+    names[1] = 'w'
+    for i = 1, n do names[1 + i] = 's' .. i end
+  end
+  fields[key] = names
+  return names
+end
+local function binding_of(n, sums, limits)
+  local binding, share = 1, 2
+  if n > 1 then
+    for i = 1, n do
+      local free = (limits[i] - sums[i]) / limits[i]
+      if free < share then binding, share = i, free end
+    end
+  end
+  return binding
+end
+local function cost_of(member, i)
+  local j = 0
+  for part in string.gmatch(member, '[^:]+') do
+    if j == i then return tonumber(part) end
+    j = j + 1
+  end
+  return 0
+end
+
+local function sliding(log, state, n, window, costs, limits)
+  local stored = redis.call('HMGET', state, unpack(field_names(n, true)))
+  local seq = tonumber(stored[1]) or 0
+  local sums, last = {}, {}
+  for i = 1, n do
+    sums[i] = tonumber(stored[1 + i]) or 0
+    last[i] = tonumber(stored[1 + n + i]) or 0
+  end
+  local gone = redis.call('ZRANGEBYSCORE', log, '-inf', nowf)
+  if #gone > 0 then
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', nowf)
+    if redis.call('EXISTS', log) == 0 then
+      for i = 1, n do sums[i] = 0; last[i] = 0 end  -- an empty log restarts from exact zeros
+    else
+      for _, member in ipairs(gone) do
+        for i = 1, n do sums[i] = sums[i] - cost_of(member, i) end
+      end
+    end
+  end
+  local binding, wait_until = 0, -1
+  for i = 1, n do
+    local excess = sums[i] + costs[i] - limits[i]
+    if excess > 0 then
+      -- walk the oldest entries, a few at a time, until enough weight on limit i would leave
+      local freed, at, start = 0, last[i], 0
+      while true do
+        local chunk = redis.call('ZRANGE', log, start, start + 7, 'WITHSCORES')
+        if #chunk == 0 then break end
+        local found = false
+        for e = 1, #chunk, 2 do
+          freed = freed + cost_of(chunk[e], i)
+          if freed >= excess then at = tonumber(chunk[e + 1]); found = true; break end
+        end
+        if found then break end
+        start = start + 8
+      end
+      if at > wait_until then binding, wait_until = i, at end
+    end
+  end
+  if binding > 0 then
+    if #gone > 0 then
+      local out = {}
+      for i = 1, n do
+        out[#out + 1] = 's' .. i; out[#out + 1] = fmt(sums[i])
+        out[#out + 1] = 'l' .. i; out[#out + 1] = fmt(last[i])
+      end
+      redis.call('HSET', state, unpack(out))
+    end
+    local left = math.max(limits[binding] - sums[binding], 0)
+    return '0 ' .. (binding - 1) .. ' ' .. fmt(limits[binding]) .. ' ' .. fmt(left) .. ' ' ..
+      fmt(wait_until) .. ' ' .. fmt(last[binding]) .. ' ' .. nowf
+  end
+  local weighted = false
+  for i = 1, n do if costs[i] > 0 then weighted = true end end
+  if weighted or #gone > 0 then
+    local out = {}
+    if weighted then
+      local expires = now + window
+      seq = seq + 1
+      local member = tostring(seq)
+      for i = 1, n do
+        member = member .. ':' .. fmt(costs[i])
+        if costs[i] > 0 then sums[i] = sums[i] + costs[i]; last[i] = expires end
+      end
+      redis.call('ZADD', log, fmt(expires), member)
+      out[1] = 'seq'; out[2] = tostring(seq)
+    end
+    for i = 1, n do
+      out[#out + 1] = 's' .. i; out[#out + 1] = fmt(sums[i])
+      out[#out + 1] = 'l' .. i; out[#out + 1] = fmt(last[i])
+    end
+    redis.call('HSET', state, unpack(out))
+    if weighted then
+      local ttl = math.ceil(window * 1000) + 1000
+      redis.call('PEXPIRE', log, ttl)
+      redis.call('PEXPIRE', state, ttl)
+    end
+  end
+  local binding = binding_of(n, sums, limits)
+  local left = math.max(limits[binding] - sums[binding], 0)
+  return '1 ' .. (binding - 1) .. ' ' .. fmt(limits[binding]) .. ' ' .. fmt(left) .. ' ' ..
+    nowf .. ' ' .. fmt(last[binding]) .. ' ' .. nowf
+end
+
+local function fixed(key, n, window, costs, limits)
+  local index = math.floor(now / window)
+  if (index + 1) * window <= now then index = index + 1
+  elseif index * window > now then index = index - 1 end
+  local ends = (index + 1) * window
+  local stored = redis.call('HMGET', key, unpack(field_names(n, false)))
+  local fresh = tonumber(stored[1]) ~= index
+  local sums = {}
+  for i = 1, n do
+    if fresh then sums[i] = 0 else sums[i] = tonumber(stored[1 + i]) or 0 end
+  end
+  for i = 1, n do
+    if sums[i] + costs[i] > limits[i] then
+      return '0 ' .. (i - 1) .. ' ' .. fmt(limits[i]) .. ' ' .. fmt(limits[i] - sums[i]) .. ' ' ..
+        fmt(ends) .. ' ' .. fmt(ends) .. ' ' .. nowf
+    end
+  end
+  local out = {'w', fmt(index)}
+  for i = 1, n do
+    sums[i] = sums[i] + costs[i]
+    out[#out + 1] = 's' .. i; out[#out + 1] = fmt(sums[i])
+  end
+  redis.call('HSET', key, unpack(out))
+  if fresh then redis.call('PEXPIRE', key, math.ceil((ends - now) * 1000) + 1000) end
+  local binding = binding_of(n, sums, limits)
+  local reset = 0
+  if sums[binding] > 0 then reset = ends end
+  local left = math.max(limits[binding] - sums[binding], 0)
+  return '1 ' .. (binding - 1) .. ' ' .. fmt(limits[binding]) .. ' ' .. fmt(left) .. ' ' ..
+    nowf .. ' ' .. fmt(reset) .. ' ' .. nowf
+end
+
+local replies, a, k = {}, 2, 1
+while a <= #ARGV do
+  local algorithm, n, window = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local costs, limits = {}, {}
+  for i = 1, n do
+    costs[i] = tonumber(ARGV[a + 2 + i])
+    limits[i] = tonumber(ARGV[a + 2 + n + i])
+  end
+  a = a + 3 + 2 * n
+  if algorithm == 's' then
+    replies[#replies + 1] = sliding(KEYS[k], KEYS[k + 1], n, window, costs, limits)
+    k = k + 2
+  else
+    replies[#replies + 1] = fixed(KEYS[k], n, window, costs, limits)
+    k = k + 1
+  end
+end
+return table.concat(replies, ';')
+"""
+
+_BUDGET_PRELUDE = """
+-- Each cap has two keys: KEYS[2c-1] a hash (settled, reserved, h:<reservation> = held amount)
+-- and KEYS[2c] a zset of its holds (member: reservation, score: hold_until).
+local function reclaim(cap, holds, now)
+  local gone = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+  for _, r in ipairs(gone) do
+    local amount = tonumber(redis.call('HGET', cap, 'h:' .. r))
+    if amount then
+      redis.call('HINCRBY', cap, 'reserved', string.format('%d', -amount))
+      redis.call('HDEL', cap, 'h:' .. r)
+    end
+  end
+  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', holds, '-inf', now) end
+end
+local function drop_hold(cap, holds, r)
+  local amount = tonumber(redis.call('HGET', cap, 'h:' .. r))
+  if amount then
+    redis.call('HINCRBY', cap, 'reserved', string.format('%d', -amount))
+    redis.call('HDEL', cap, 'h:' .. r)
+    redis.call('ZREM', holds, r)
+  end
+end
+local function committed(cap)
+  local v = redis.call('HMGET', cap, 'settled', 'reserved')
+  return (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
+end
+local function keep_until(cap, holds, at, now)
+  -- Relative to the caller's clock (which may not be the server's), and only ever
+  -- extended: another reservation's hold may need the keys for longer.
+  local ms = string.format('%d', math.max(math.ceil((tonumber(at) - tonumber(now)) * 1000), 1))
+  for _, key in ipairs({cap, holds}) do
+    redis.call('PEXPIRE', key, ms, 'NX')
+    redis.call('PEXPIRE', key, ms, 'GT')
+  end
+end
+"""
+
+BUDGET_RESERVE = (
+    _BUDGET_PRELUDE
+    + """
+-- ARGV: reservation, amount, mode, now, hold_until, then per cap: limit, keep_until
+local r, amount, mode, now, hold_until = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local n = #KEYS / 2
+local reply = {0, -1}
+local over, room = -1, amount
+for c = 1, n do
+  local cap, holds = KEYS[2 * c - 1], KEYS[2 * c]
+  reclaim(cap, holds, now)
+  drop_hold(cap, holds, r)  -- a retried reserve replaces its own hold, never adds a second
+  local spent = committed(cap)
+  reply[2 + c] = spent
+  local free = tonumber(ARGV[4 + 2 * c]) - spent
+  if free < room then over, room = c, free end
+end
+local granted = amount
+if over ~= -1 and mode ~= 'force' then
+  if mode == 'partial' and room > 0 then granted = room else granted = 0 end
+end
+if granted > 0 then
+  for c = 1, n do
+    local cap, holds = KEYS[2 * c - 1], KEYS[2 * c]
+    redis.call('HSET', cap, 'h:' .. r, string.format('%d', granted))
+    redis.call('HINCRBY', cap, 'reserved', string.format('%d', granted))
+    redis.call('ZADD', holds, hold_until, r)
+    keep_until(cap, holds, ARGV[5 + 2 * c], now)
+  end
+end
+reply[1] = granted
+if over == -1 then reply[2] = -1 else reply[2] = over - 1 end
+return reply
+"""
+)
+
+BUDGET_SETTLE = (
+    _BUDGET_PRELUDE
+    + """
+-- ARGV: reservation, amount, now, then per cap: keep_until
+local r, amount, now = ARGV[1], ARGV[2], ARGV[3]
+for c = 1, #KEYS / 2 do
+  local cap, holds = KEYS[2 * c - 1], KEYS[2 * c]
+  drop_hold(cap, holds, r)
+  redis.call('HINCRBY', cap, 'settled', amount)
+  keep_until(cap, holds, ARGV[3 + c], now)
+end
+return 1
+"""
+)
+
+BUDGET_RELEASE = (
+    _BUDGET_PRELUDE
+    + """
+-- ARGV: reservation
+for c = 1, #KEYS / 2 do
+  drop_hold(KEYS[2 * c - 1], KEYS[2 * c], ARGV[1])
+end
+return 1
+"""
+)
+
+BUDGET_COMMITTED = (
+    _BUDGET_PRELUDE
+    + """
+-- ARGV: now
+local reply = {}
+for c = 1, #KEYS / 2 do
+  reclaim(KEYS[2 * c - 1], KEYS[2 * c], ARGV[1])
+  reply[c] = committed(KEYS[2 * c - 1])
+end
+return reply
+"""
+)

@@ -1,0 +1,500 @@
+"""The SQL store: SQLite (the embedded default, one file) and PostgreSQL, one implementation.
+
+Both speak SQLAlchemy Core, with statements built once
+(:mod:`bastion.stores._sql_statements`) and each transaction written once, as
+a plain function of a connection: PostgreSQL runs it through asyncpg;
+SQLite runs it whole in one dedicated thread on the standard ``sqlite3``
+driver (one hand-off per transaction instead of one per statement). Every
+read-check-write is one transaction that first locks what it decides on, then
+runs the same Python rule the memory store runs, then writes:
+
+- PostgreSQL locks rows: ``SELECT ... FOR UPDATE`` for a rate-limited key, an
+  ``INSERT ... ON CONFLICT DO UPDATE`` (which locks the row it touches) for
+  budget caps, always in sorted key order so two reservations cannot deadlock.
+- SQLite has no row locks; every transaction starts with ``BEGIN IMMEDIATE``,
+  which takes the database's write lock up front, so transactions from every
+  process touching the file run one at a time (WAL mode keeps readers going).
+
+Time is the wall clock of the process running the transaction
+(``clock.time()``), read *after* the lock is held and never allowed to go
+backwards for a key (the stored state remembers the latest time it saw), so
+processes whose clocks differ slightly still keep each log in order. Keep the
+machines on NTP: a clock that runs ahead makes that process's calls expire
+later, never sooner -- skew can only make the limit stricter.
+
+The schema is shipped as Alembic migrations; :func:`upgrade` applies them.
+A SQLite store applies them itself on first use; a PostgreSQL store expects
+``bastion db upgrade`` (``await upgrade(url)``) to have run, because schema
+changes on a shared server are an operator's decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from bastion._core.clock import SYSTEM_CLOCK, Clock
+from bastion._core.errors import ConfigurationError
+from bastion._core.redact import redact_url
+from bastion._core.validate import positive_number
+from bastion.stores._base import call_store
+from bastion.stores._budget_store import (
+    CapCharge,
+    ReserveMode,
+    ReserveOutcome,
+    decide_reservation,
+)
+from bastion.stores._fixed_window import WindowCount, decide_fixed
+from bastion.stores._keys import check_scope, scope_path
+from bastion.stores._ratelimit import WindowSpec
+from bastion.stores._sql_statements import Statements
+from bastion.stores._window_log import KeyLog, WindowDecision, check_costs, decide_in
+
+__all__ = ["SQLStore", "upgrade"]
+
+T = TypeVar("T")
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+_SWEEP_EVERY = 1000
+_PG_MIGRATION_LOCK = 0x62617374  # pg_advisory_xact_lock key: one migrator at a time
+_UNDEFINED_TABLE = "42P01"
+
+
+def _engine_url(url: str) -> tuple[sa.URL, str]:
+    """The SQLAlchemy URL with Bastion's async driver, and the backend's name."""
+    parsed = make_url(url)
+    dialect = parsed.get_backend_name()
+    if dialect == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or "mode=memory" in str(parsed):
+            msg = (
+                f"sqlite URL {redact_url(url)!r} names an in-memory database, "
+                "which each connection would "
+                "see separately; use a file (sqlite:///bastion.db) or memory:// for in-process"
+            )
+            raise ConfigurationError(msg)
+        return parsed.set(drivername="sqlite+pysqlite"), "sqlite"
+    if dialect in ("postgresql", "postgres"):
+        try:
+            import asyncpg  # type: ignore[import-untyped]  # noqa: F401
+        except ImportError as exc:
+            msg = "the PostgreSQL store needs asyncpg: pip install 'bastion[postgres]'"
+            raise ImportError(msg) from exc
+        return parsed.set(drivername="postgresql+asyncpg"), "postgresql"
+    msg = f"SQLStore supports sqlite:/// and postgresql:// URLs; got {redact_url(url)!r}"
+    raise ConfigurationError(msg)
+
+
+def _is_unavailable(exc: Exception) -> bool:
+    """Whether a driver error means "the database cannot be reached" rather than a bug."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sa.exc.OperationalError | sa.exc.InterfaceError
+        )
+    return isinstance(exc, OSError | sa.exc.TimeoutError | ConnectionError)
+
+
+class _Shared:
+    """What a root store and its scoped views share: engines, statements, first-use state.
+
+    PostgreSQL runs on an async engine (asyncpg). SQLite runs on a *sync*
+    engine whose one connection lives in one dedicated thread: a whole
+    transaction then costs one hop between the event loop and that thread,
+    where going through an async driver statement by statement cost about
+    twenty (each hop a wake-up of the loop), which made a budget reservation
+    take milliseconds instead of a fraction of one.
+    """
+
+    __slots__ = (
+        "async_engine",
+        "auto_upgrade",
+        "executor",
+        "ops",
+        "ready",
+        "ready_lock",
+        "statements",
+        "sync_engine",
+    )
+
+    def __init__(
+        self,
+        *,
+        async_engine: AsyncEngine | None,
+        sync_engine: sa.Engine | None,
+        dialect: str,
+        auto_upgrade: bool,
+    ) -> None:
+        self.async_engine = async_engine
+        self.sync_engine = sync_engine
+        self.executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="bastion-sqlite")
+            if sync_engine is not None
+            else None
+        )
+        self.statements = Statements(dialect)
+        self.auto_upgrade = auto_upgrade
+        self.ready = not auto_upgrade
+        self.ready_lock: asyncio.Lock | None = None
+        self.ops = 0
+
+    async def run(self, step: Callable[[Connection], T]) -> T:
+        """Run ``step(connection)`` inside one transaction, committed when it returns."""
+        if self.async_engine is not None:
+            async with self.async_engine.begin() as conn:
+                return await conn.run_sync(step)
+        assert self.executor is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._run_sqlite, step)
+
+    def _run_sqlite(self, step: Callable[[Connection], T]) -> T:
+        assert self.sync_engine is not None
+        with self.sync_engine.begin() as conn:
+            return step(conn)
+
+    async def close(self) -> None:
+        if self.async_engine is not None:
+            await self.async_engine.dispose()
+        if self.executor is not None and self.sync_engine is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.executor, self.sync_engine.dispose)
+            self.executor.shutdown(wait=True)
+
+
+class SQLStore:
+    """Rate limits and budgets in SQLite (``sqlite:///path.db``) or PostgreSQL.
+
+    ``schema`` (PostgreSQL only) puts every table in that schema instead of
+    the user's default one -- it must exist. ``auto_upgrade`` (default: on for
+    SQLite, off for PostgreSQL) applies missing migrations on first use.
+    ``pool_size`` is PostgreSQL's connection pool (twice that under load); a
+    SQLite store keeps one connection, since SQLite writes one at a time.
+    """
+
+    __slots__ = ("_backend", "_clock", "_prefix", "_scope", "_shared", "_timeout")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 1.0,
+        clock: Clock = SYSTEM_CLOCK,
+        schema: str | None = None,
+        auto_upgrade: bool | None = None,
+        pool_size: int = 10,
+    ) -> None:
+        self._timeout = positive_number(timeout, "SQLStore.timeout", unit="seconds")
+        engine_url, self._backend = _engine_url(url)
+        self._clock = clock
+        self._scope: tuple[str, ...] = ()
+        self._prefix = scope_path(())
+        if auto_upgrade is None:
+            auto_upgrade = self._backend == "sqlite"
+        if self._backend == "sqlite":
+            if schema is not None:
+                msg = "SQLStore.schema is for PostgreSQL; a SQLite file has no schemas"
+                raise ConfigurationError(msg)
+            sync_engine = sa.create_engine(
+                engine_url,
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=self._timeout,
+                connect_args={"timeout": self._timeout},
+            )
+            _serialize_sqlite(sync_engine, self._timeout)
+            self._shared = _Shared(
+                async_engine=None,
+                sync_engine=sync_engine,
+                dialect="sqlite",
+                auto_upgrade=auto_upgrade,
+            )
+        else:
+            connect_args: dict[str, Any] = {"timeout": self._timeout}
+            if schema is not None:
+                connect_args["server_settings"] = {"search_path": schema}
+            async_engine = create_async_engine(
+                engine_url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_timeout=self._timeout,
+                connect_args=connect_args,
+            )
+            self._shared = _Shared(
+                async_engine=async_engine,
+                sync_engine=None,
+                dialect="postgresql",
+                auto_upgrade=auto_upgrade,
+            )
+
+    def __repr__(self) -> str:
+        return f"SQLStore(backend={self._backend!r}, scope={self._scope!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @property
+    def scope(self) -> tuple[str, ...]:
+        return self._scope
+
+    def scoped(self, name: str) -> Self:
+        view = copy.copy(self)
+        view._scope = (*self._scope, check_scope(name))
+        view._prefix = scope_path(view._scope)
+        return view
+
+    async def ping(self) -> None:
+        await self.run("ping", lambda conn: conn.execute(sa.text("SELECT 1")).scalar_one())
+
+    async def aclose(self) -> None:
+        await self._shared.close()
+
+    async def upgrade(self) -> None:
+        """Apply every migration the database lacks (idempotent; safe from many processes)."""
+        await call_store(
+            self._backend,
+            "upgrade",
+            max(self._timeout, 30.0),
+            self._shared.run(self._migrate),
+            _is_unavailable,
+        )
+        self._shared.ready = True
+
+    def _migrate(self, conn: Connection) -> None:
+        if self._backend == "postgresql":
+            conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})"))
+        _run_migrations(conn)
+
+    async def _ready(self) -> None:
+        shared = self._shared
+        if shared.ready:
+            return
+        if shared.ready_lock is None:
+            shared.ready_lock = asyncio.Lock()
+        async with shared.ready_lock:
+            if not shared.ready:
+                await shared.run(self._migrate)
+                shared.ready = True
+
+    async def run(self, operation: str, step: Callable[[Connection], T]) -> T:
+        """Run ``step(connection)`` in one transaction under the store's timeout.
+
+        For the store's own concerns (and tests): ``step`` is a plain function
+        of a SQLAlchemy :class:`~sqlalchemy.engine.Connection`.
+        """
+
+        async def work() -> T:
+            await self._ready()
+            try:
+                return await self._shared.run(step)
+            except sa.exc.ProgrammingError as exc:
+                if getattr(exc.orig, "sqlstate", None) != _UNDEFINED_TABLE:
+                    raise
+                msg = (
+                    f"the {self._backend} database has no Bastion tables yet: run "
+                    "`bastion db upgrade` (or `await bastion.stores.upgrade(url)`) once, or "
+                    "pass auto_upgrade=True"
+                )
+                raise ConfigurationError(msg) from exc
+
+        return await call_store(self._backend, operation, self._timeout, work(), _is_unavailable)
+
+    def _maybe_sweep(self, conn: Connection, now: float) -> None:
+        """Every so often, delete what has expired, inside the current transaction."""
+        shared = self._shared
+        shared.ops += 1
+        if shared.ops < _SWEEP_EVERY:
+            return
+        shared.ops = 0
+        for sweep in shared.statements.sweeps:
+            conn.execute(sweep, {"b_now": now})
+
+    # -- rate limits ---------------------------------------------------------------------------
+
+    async def rate_limit(
+        self, key: str, costs: Sequence[float], spec: WindowSpec
+    ) -> WindowDecision:
+        check_costs(costs, spec.limits, spec.names, spec.window)
+        full = {"b_key": self._prefix + "rl:" + spec.tag + ":" + key}
+        sql = self._shared.statements
+        clock = self._clock
+
+        def step(conn: Connection) -> WindowDecision:
+            state = conn.execute(sql.limit_state, full).scalar_one_or_none()
+            if state is None:
+                conn.execute(sql.limit_create, full)
+                state = conn.execute(sql.limit_state, full).scalar_one()
+            stored = json.loads(state)
+            now = max(clock.time(), stored.get("t", 0.0))  # read under the row lock
+            verdict, new_state, expires_at = _decide(spec, stored, costs, now)
+            if verdict.allowed:
+                conn.execute(
+                    sql.limit_write, {**full, "b_state": new_state, "b_expires": expires_at}
+                )
+                self._maybe_sweep(conn, now)
+            return verdict
+
+        return await self.run("rate_limit", step)
+
+    # -- budgets -------------------------------------------------------------------------------
+
+    def _lock_caps(
+        self, conn: Connection, caps: Sequence[CapCharge], now: float, settle: int
+    ) -> dict[str, int]:
+        """Create or update every cap row (which locks it, in key order); their settled sums."""
+        rows = [
+            {"key": key, "settled": settle, "expires_at": expires_at, "b_now": now}
+            for key, expires_at in sorted((self._prefix + cap.key, cap.expires_at) for cap in caps)
+        ]
+        result = conn.execute(self._shared.statements.caps_lock, rows)
+        return {key: int(settled) for key, settled in result.all()}
+
+    async def reserve(
+        self,
+        reservation: str,
+        caps: Sequence[CapCharge],
+        amount: int,
+        *,
+        mode: ReserveMode,
+        now: float,
+        hold_until: float,
+    ) -> ReserveOutcome:
+        keys = [self._prefix + cap.key for cap in caps]
+        limits = [cap.limit for cap in caps]
+        sql = self._shared.statements
+
+        def step(conn: Connection) -> ReserveOutcome:
+            settled = self._lock_caps(conn, caps, now, 0)
+            query = {"b_keys": keys, "b_now": now, "b_reservation": reservation}
+            held = {key: int(total) for key, total in conn.execute(sql.held, query).all()}
+            committed = tuple(settled[key] + held.get(key, 0) for key in keys)
+            granted, over = decide_reservation(committed, limits, amount, mode)
+            if granted > 0:
+                rows = [
+                    {
+                        "reservation": reservation,
+                        "cap_key": key,
+                        "amount": granted,
+                        "hold_until": hold_until,
+                    }
+                    for key in keys
+                ]
+                conn.execute(sql.hold, rows)
+            else:
+                conn.execute(sql.unhold, {"b_reservation": reservation})
+            self._maybe_sweep(conn, now)
+            return ReserveOutcome(granted, over, committed)
+
+        return await self.run("reserve", step)
+
+    async def settle(
+        self, reservation: str, caps: Sequence[CapCharge], amount: int, *, now: float
+    ) -> None:
+        sql = self._shared.statements
+
+        def step(conn: Connection) -> None:
+            self._lock_caps(conn, caps, now, amount)
+            conn.execute(sql.unhold, {"b_reservation": reservation})
+
+        await self.run("settle", step)
+
+    async def release(self, reservation: str, caps: Sequence[CapCharge]) -> None:
+        keys = [self._prefix + cap.key for cap in caps]
+        sql = self._shared.statements
+
+        def step(conn: Connection) -> None:
+            conn.execute(sql.unhold_caps, {"b_reservation": reservation, "b_keys": keys})
+
+        await self.run("release", step)
+
+    async def committed(self, caps: Sequence[CapCharge], *, now: float) -> tuple[int, ...]:
+        keys = [self._prefix + cap.key for cap in caps]
+        sql = self._shared.statements
+
+        def step(conn: Connection) -> tuple[int, ...]:
+            query = {"b_keys": keys, "b_now": now, "b_reservation": ""}
+            settled = {k: int(v) for k, v in conn.execute(sql.caps_read, query).all()}
+            held = {k: int(v) for k, v in conn.execute(sql.held, query).all()}
+            return tuple(settled.get(key, 0) + held.get(key, 0) for key in keys)
+
+        return await self.run("committed", step)
+
+
+def _decide(
+    spec: WindowSpec, stored: dict[str, Any], costs: Sequence[float], now: float
+) -> tuple[WindowDecision, str, float]:
+    """Run the shared per-key rule on a stored state; the decision, new state and its expiry."""
+    width = len(spec.limits)
+    if spec.algorithm == "fixed":
+        count = WindowCount(width, stored.get("w", -(2**62)), stored.get("s", ()))
+        verdict = decide_fixed(count, spec.limits, spec.window, costs, now)
+        state = {"t": now, "w": count.index, "s": count.sums}
+        expires_at = (count.index + 1) * spec.window
+    else:
+        log = KeyLog.of(width, [(entry[0], entry[1:]) for entry in stored.get("e", ())])
+        verdict = decide_in(log, spec.limits, spec.window, costs, now)
+        state = {"t": now, "e": [[expires, *entry] for expires, entry in log.entries]}
+        expires_at = log.entries[-1][0] if log.entries else now
+    return verdict, json.dumps(state, separators=(",", ":")), expires_at
+
+
+def _serialize_sqlite(engine: sa.Engine, timeout: float) -> None:
+    """Make every SQLite transaction take the write lock up front (``BEGIN IMMEDIATE``).
+
+    Python's sqlite3 would start a *deferred* transaction that only asks for
+    the write lock at its first write; two processes that both read first then
+    deadlock on the upgrade, and one fails at once instead of waiting. Taking
+    the lock at ``BEGIN`` makes them queue (up to ``timeout``) instead.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: object) -> None:
+        dbapi_connection.isolation_level = None  # the driver must not BEGIN on its own
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _run_migrations(connection: Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def upgrade(url: str, *, schema: str | None = None, timeout: float = 30.0) -> None:
+    """Bring the database at ``url`` up to the newest schema (what ``bastion db upgrade`` runs).
+
+    Idempotent and safe to run from several processes at once (PostgreSQL
+    serialises migrators with an advisory lock, SQLite with its write lock).
+    ``schema`` (PostgreSQL) must already exist.
+    """
+    store = SQLStore(url, schema=schema, timeout=timeout, auto_upgrade=False)
+    try:
+        await store.upgrade()
+    finally:
+        await store.aclose()

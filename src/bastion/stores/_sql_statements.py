@@ -1,0 +1,104 @@
+"""Every statement the SQL store runs, built once per dialect with bind parameters.
+
+Built once so that SQLAlchemy compiles each one once and serves it from its
+cache afterwards (a statement carrying its values inline -- a multi-row
+``VALUES`` list -- is compiled anew on every call, which cost more than the
+database work). Rows are passed at execution time instead (``executemany``).
+
+The only dialect differences are the upsert construct (``INSERT ... ON
+CONFLICT`` exists in both, under different SQLAlchemy imports) and the name
+of the two-argument maximum (``greatest`` in PostgreSQL, ``max`` in SQLite).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from bastion.stores._sql_schema import budget_caps, budget_holds, rate_limits
+
+__all__ = ["Statements"]
+
+
+class Statements:
+    """The store's statements for one dialect (``"sqlite"`` or ``"postgresql"``)."""
+
+    def __init__(self, dialect: str) -> None:
+        upsert: Any
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+
+            greatest: Any = sa.func.greatest
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert
+
+            greatest = sa.func.max
+        now: Any = sa.bindparam("b_now")
+        keys: Any = sa.bindparam("b_keys", expanding=True)
+        reservation: Any = sa.bindparam("b_reservation")
+
+        limits = rate_limits
+        self.limit_state = (
+            sa.select(limits.c.state).where(limits.c.key == sa.bindparam("b_key")).with_for_update()
+        )
+        """The stored state of one limited key, locked until the transaction ends."""
+        self.limit_create = (
+            upsert(limits)
+            .values(key=sa.bindparam("b_key"), state="{}", expires_at=0.0)
+            .on_conflict_do_nothing()
+        )
+        """An empty row for a key seen for the first time (a racing creator is harmless)."""
+        self.limit_write = (
+            sa.update(limits)
+            .where(limits.c.key == sa.bindparam("b_key"))
+            .values(state=sa.bindparam("b_state"), expires_at=sa.bindparam("b_expires"))
+        )
+
+        caps = budget_caps
+        insert_cap = upsert(caps)
+        live = sa.case((caps.c.expires_at <= now, 0), else_=caps.c.settled)
+        self.caps_lock = insert_cap.on_conflict_do_update(
+            index_elements=[caps.c.key],
+            set_={
+                "settled": live + insert_cap.excluded.settled,
+                "expires_at": greatest(caps.c.expires_at, insert_cap.excluded.expires_at),
+            },
+        ).returning(caps.c.key, caps.c.settled)
+        """Per row ``{key, settled, expires_at, b_now}``: create or update (and so lock) a cap,
+        restart it from zero when its period has passed, add ``settled``; returns the totals."""
+        self.caps_read = sa.select(caps.c.key, caps.c.settled).where(
+            caps.c.key.in_(keys), caps.c.expires_at > now
+        )
+
+        holds = budget_holds
+        self.held = (
+            sa.select(holds.c.cap_key, sa.func.sum(holds.c.amount))
+            .where(
+                holds.c.cap_key.in_(keys),
+                holds.c.hold_until > now,
+                holds.c.reservation != reservation,
+            )
+            .group_by(holds.c.cap_key)
+        )
+        """Live holds per cap, leaving out ``b_reservation``'s own (``""`` leaves out none)."""
+        insert_hold = upsert(holds)
+        self.hold = insert_hold.on_conflict_do_update(
+            index_elements=[holds.c.reservation, holds.c.cap_key],
+            set_={
+                "amount": insert_hold.excluded.amount,
+                "hold_until": insert_hold.excluded.hold_until,
+            },
+        )
+        """Per row ``{reservation, cap_key, amount, hold_until}``; a retried reserve replaces."""
+        self.unhold = sa.delete(holds).where(holds.c.reservation == reservation)
+        self.unhold_caps = sa.delete(holds).where(
+            holds.c.reservation == reservation, holds.c.cap_key.in_(keys)
+        )
+
+        self.sweeps = (
+            sa.delete(limits).where(limits.c.expires_at <= now),
+            sa.delete(holds).where(holds.c.hold_until <= now),
+            sa.delete(caps).where(caps.c.expires_at <= now),
+        )
+        """What has expired by ``b_now``, to delete every so often."""

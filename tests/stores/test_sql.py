@@ -1,0 +1,119 @@
+"""What is particular to the SQL store: migrations, first use, sweeping, clocks that disagree."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from bastion import ConfigurationError
+from bastion.stores import SQLStore, WindowSpec, upgrade
+from bastion.stores._sql import _SWEEP_EVERY
+from bastion.stores._sql_schema import METADATA, VERSION_TABLE
+from bastion.testing import FakeClock
+
+from .conftest import POSTGRES_URL, _postgres
+
+SPEC = WindowSpec(limits=(2,), window=10, name="sql")
+
+
+def schema_differences(connection: Connection) -> list[Any]:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    context = MigrationContext.configure(connection)
+    return [
+        diff
+        for diff in compare_metadata(context, METADATA)
+        if not (diff[0] == "remove_table" and diff[1].name == VERSION_TABLE)
+    ]
+
+
+@pytest.mark.sqlite
+async def test_sqlite_migrates_itself_on_first_use_to_exactly_the_declared_schema(
+    tmp_path: Path,
+) -> None:
+    store = SQLStore(f"sqlite:///{tmp_path / 'fresh.db'}")
+    try:
+        await store.ping()
+        assert await store.run("test", schema_differences) == []
+        version = await store.run(
+            "test",
+            lambda conn: conn.execute(
+                sa.text(f"SELECT version_num FROM {VERSION_TABLE}")
+            ).scalar_one(),
+        )
+        assert version == "0001"
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.postgresql
+async def test_postgres_upgrade_is_idempotent_concurrent_and_exact(postgres_schema: str) -> None:
+    schema = f"bastion_up_{uuid.uuid4().hex[:8]}"
+    await _postgres(f'CREATE SCHEMA "{schema}"')
+    try:
+        store = SQLStore(POSTGRES_URL, schema=schema)
+        try:
+            with pytest.raises(ConfigurationError, match="bastion db upgrade"):
+                await store.rate_limit("k", (1.0,), SPEC)
+            await asyncio.gather(*(upgrade(POSTGRES_URL, schema=schema) for _ in range(3)))
+            await upgrade(POSTGRES_URL, schema=schema)
+            assert (await store.rate_limit("k", (1.0,), SPEC)).allowed
+            assert await store.run("test", schema_differences) == []
+        finally:
+            await store.aclose()
+    finally:
+        await _postgres(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+async def count_rows(store: SQLStore, table: str) -> int:
+    def count(conn: Connection) -> int:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+    return await store.run("test", count)
+
+
+@pytest.mark.sqlite
+async def test_expired_rows_are_swept_every_so_often(tmp_path: Path, clock: FakeClock) -> None:
+    store = SQLStore(f"sqlite:///{tmp_path / 'sweep.db'}", clock=clock)
+    try:
+        for i in range(5):
+            await store.rate_limit(f"user-{i}", (1.0,), SPEC)
+        assert await count_rows(store, "bastion_rate_limits") == 5
+        clock.advance(10)
+        store._shared.ops = _SWEEP_EVERY - 1  # the next admission is the one that sweeps
+        await store.rate_limit("busy", (1.0,), SPEC)
+        assert await count_rows(store, "bastion_rate_limits") == 1
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.sqlite
+async def test_a_process_whose_clock_lags_never_moves_a_key_back_in_time(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'clocks.db'}"
+    ahead, behind = FakeClock(wall=1_000_010.0), FakeClock(wall=1_000_000.0)
+    first, second = SQLStore(url, clock=ahead), SQLStore(url, clock=behind)
+    try:
+        admitted = await first.rate_limit("k", (1.0,), SPEC)
+        late = await second.rate_limit("k", (1.0,), SPEC)
+        assert late.now == admitted.now == 1_000_010.0  # the lagging clock is caught up
+        refused = await second.rate_limit("k", (1.0,), SPEC)
+        assert not refused.allowed
+        assert refused.retry_after == 10.0  # measured from the latest time the key has seen
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+@pytest.mark.sqlite
+async def test_views_share_the_connections_and_report_their_scope(tmp_path: Path) -> None:
+    async with SQLStore(f"sqlite:///{tmp_path / 'v.db'}") as store:
+        view = store.scoped("tenant")
+        assert view._shared is store._shared
+        assert repr(view) == "SQLStore(backend='sqlite', scope=('tenant',))"
