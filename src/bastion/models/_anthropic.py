@@ -44,33 +44,37 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
-from types import TracebackType
+from functools import partial
 from typing import Any
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import ConfigurationError
-from bastion._core.events import EventBus, default_bus
+from bastion._core.events import EventBus
 from bastion._core.usage import Usage
-from bastion._core.validate import instance_of, whole_number
+from bastion._core.validate import whole_number
 from bastion.models._errors import (
     AuthenticationFailed,
     ContentPolicyViolation,
     ContextLengthExceeded,
     MalformedResponse,
     ProviderBadRequest,
-    ProviderConnectionError,
     ProviderError,
     ProviderRateLimited,
-    ProviderTimeout,
     ProviderUnavailable,
-    StreamInterrupted,
 )
-from bastion.models._sse import SSEParser, StreamEventSkipped, StreamTooLarge
+from bastion.models._provider import (
+    HTTPModel,
+    api_key_for,
+    checked_model_name,
+    connection_limits,
+    interruption,
+    plain,
+)
+from bastion.models._sse import SSEEvent
 from bastion.models._timeouts import ModelTimeouts
-from bastion.models._transport import HttpStream, Transport, retry_after_from_headers
+from bastion.models._transport import retry_after_from_headers
 from bastion.models._types import (
     ChatRequest,
     Completion,
@@ -99,7 +103,7 @@ PROVIDER = "anthropic"
 _PATH = "/v1/messages"
 
 
-class AnthropicModel:
+class AnthropicModel(HTTPModel):
     """A Claude model behind Anthropic's Messages API.
 
     >>> model = AnthropicModel("claude-sonnet-4-5", api_key="sk-ant-...")   # doctest: +SKIP
@@ -116,7 +120,9 @@ class AnthropicModel:
     with ``await model.aclose()`` or ``async with model:``.
     """
 
-    __slots__ = ("_bus", "_clock", "_max_tokens", "_model", "_name", "_transport")
+    __slots__ = ("_max_tokens",)
+
+    _EVENT_NAME = "a Messages stream event"
 
     supports_prefill = True
     """Claude continues a trailing assistant message, so a fallback chain can hand it a
@@ -137,12 +143,7 @@ class AnthropicModel:
         max_connections: int = 100,
         bus: EventBus | None = None,
     ) -> None:
-        if not isinstance(model, str) or not model:
-            msg = (
-                "AnthropicModel.model must be a non-empty model name such as "
-                f"'claude-sonnet-4-5'; got {model!r}"
-            )
-            raise ConfigurationError(msg)
+        checked_model_name(model, "AnthropicModel", "claude-sonnet-4-5")
         if not isinstance(anthropic_version, str) or not anthropic_version.strip():
             msg = (
                 "AnthropicModel.anthropic_version must be an API version date such as "
@@ -154,15 +155,19 @@ class AnthropicModel:
             "AnthropicModel.max_tokens_default",
             hint="the Messages API requires max_tokens on every request",
         )
-        whole_number(max_connections, "AnthropicModel.max_connections")
-        limits = instance_of(timeouts, ModelTimeouts, "AnthropicModel.timeouts")
-        key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
-        if not key and base_url.rstrip("/") == DEFAULT_BASE_URL:
-            msg = (
+        limits = connection_limits(
+            "AnthropicModel", max_connections=max_connections, timeouts=timeouts
+        )
+        key = api_key_for(
+            api_key,
+            env="ANTHROPIC_API_KEY",
+            base_url=base_url,
+            default_url=DEFAULT_BASE_URL,
+            missing=(
                 f"AnthropicModel({model!r}) needs an API key for {DEFAULT_BASE_URL}: pass "
                 "api_key= or set ANTHROPIC_API_KEY"
-            )
-            raise ConfigurationError(msg)
+            ),
+        )
         wire_headers = {
             "Content-Type": "application/json",
             "anthropic-version": anthropic_version,
@@ -171,59 +176,29 @@ class AnthropicModel:
         if key:
             wire_headers["x-api-key"] = key
         wire_headers.update(headers or {})
-        self._model = model
-        self._name = name or model
-        self._clock = clock
-        self._bus = bus
-        self._max_tokens = max_tokens_default
-        self._transport = Transport(
-            base_url,
+        super().__init__(
+            model,
+            name=name,
+            clock=clock,
+            bus=bus,
+            path=_PATH,
+            errors=error_from_response,
+            base_url=base_url,
             provider=PROVIDER,
             headers=wire_headers,
             timeouts=limits,
-            clock=clock,
             max_connections=max_connections,
         )
-
-    def __repr__(self) -> str:
-        return f"AnthropicModel({self._model!r}, base_url={self._transport.base_url!r})"
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def model(self) -> str:
-        """The model asked for when a request does not name one."""
-        return self._model
-
-    @property
-    def url(self) -> str:
-        """Where requests go."""
-        return self._transport.url(_PATH)
-
-    @property
-    def timeouts(self) -> ModelTimeouts:
-        return self._transport.timeouts
+        self._max_tokens = max_tokens_default
 
     async def complete(self, request: ChatRequest) -> Completion:
         """Ask for the whole answer in one response."""
-        model = request.model or self._model
+        model = self._model_for(request)
         body, held_back = _wire_body(
             request, model=model, stream=False, max_tokens=self._max_tokens
         )
-        reply = await self._transport.post(_PATH, _dump(body), model=model)
-        if not 200 <= reply.status < 300:
-            raise error_from_response(
-                reply.status, reply.headers, reply.body, model=model, now=self._clock.time()
-            )
-        return parse_message(
-            _json_body(reply.body, model),
-            model=model,
-            latency_s=self._clock.monotonic() - reply.started_at,
-            ttft_s=reply.headers_at - reply.started_at,
-            held_back=held_back,
-        )
+        parse = partial(parse_message, model=model, held_back=held_back)
+        return await self._ask(_dump(body), model, parse)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         """Yield the answer as it is written; the last chunk has the finish reason and usage.
@@ -234,108 +209,14 @@ class AnthropicModel:
         content-policy block is raised as :class:`ContentPolicyViolation`
         either way: continuing elsewhere would route around it.
         """
-        model = request.model or self._model
+        model = self._model_for(request)
         body, held_back = _wire_body(request, model=model, stream=True, max_tokens=self._max_tokens)
-        http = await self._transport.open_stream(_PATH, _dump(body), model=model)
-        try:
-            if not 200 <= http.status < 300:
-                raw = await http.read_all()
-                raise error_from_response(
-                    http.status, http.headers, raw, model=model, now=self._clock.time()
-                )
-            if "event-stream" not in http.headers.get("Content-Type", ""):
-                # A proxy that ignored stream=true and answered in one piece.
-                whole = parse_message(
-                    _json_body(await http.read_all(), model), model=model, held_back=held_back
-                )
-                if whole.text:
-                    yield StreamChunk(text=whole.text, model=whole.model)
-                yield StreamChunk(
-                    model=whole.model,
-                    tool_calls=whole.tool_calls,
-                    finish_reason=whole.finish_reason,
-                    usage=whole.usage,
-                )
-                return
-            assembler = MessageAssembler(model, held_back=held_back)
-            async with contextlib.aclosing(self._read_stream(http, assembler)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-        finally:
-            http.close()
-
-    async def _read_stream(
-        self, http: HttpStream, assembler: MessageAssembler
-    ) -> AsyncGenerator[StreamChunk, None]:
-        parser = SSEParser()
-        model = assembler.model
-        position = 0
-        while True:
-            try:
-                data = await http.read()
-            except ProviderError as exc:
-                if assembler.reason is not None:
-                    break  # the answer was complete; only message_stop went missing
-                raise assembler.interrupted(exc)  # noqa: B904 - the cause is set on the error
-            skipped = parser.skipped
-            try:
-                events = parser.feed(data) if data else parser.close()
-            except StreamTooLarge as exc:
-                raise MalformedResponse(str(exc), provider=PROVIDER, model=model) from exc
-            for _ in range(parser.skipped - skipped):
-                self._skipped(model, position, "an event that is not UTF-8")
-                position += 1
-            for event in events:
-                position += 1
-                try:
-                    chunk = assembler.accept(json.loads(event.data), event.event)
-                except (ValueError, TypeError, AttributeError, KeyError) as exc:
-                    self._skipped(model, position - 1, _unreadable(exc))
-                    continue
-                except ProviderError as exc:
-                    raise assembler.interrupted(exc)  # noqa: B904 - the cause is set on the error
-                if assembler.started and not assembler.timing_switched:
-                    assembler.timing_switched = True
-                    http.first_token()
-                if chunk is not None:
-                    yield chunk
-                if assembler.stopped:
-                    if assembler.reason is None:
-                        raise assembler.interrupted(None)
-                    yield assembler.final()
-                    return
-            if not data:
-                break
-        if assembler.reason is None:
-            raise assembler.interrupted(None)
-        yield assembler.final()
-
-    def _skipped(self, model: str, position: int, reason: str) -> None:
-        bus = self._bus if self._bus is not None else default_bus()
-        bus.emit(
-            StreamEventSkipped(source=self._name, model=model, position=position, reason=reason)
-        )
-
-    async def aclose(self) -> None:
-        """Close the pooled connections (a later call opens new ones)."""
-        await self._transport.aclose()
-
-    async def __aenter__(self) -> AnthropicModel:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-def _unreadable(exc: BaseException) -> str:
-    if isinstance(exc, ValueError):
-        return "an event whose data is not JSON"
-    return "an event that is not a Messages stream event"
+        whole = partial(parse_message, model=model, held_back=held_back)
+        assembler = MessageAssembler(model, held_back=held_back)
+        relay = self._relay(_dump(body), model, whole, assembler)
+        async with contextlib.aclosing(relay) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
 
 # -- request -------------------------------------------------------------------------------
@@ -350,7 +231,7 @@ def encode_request(
 
 
 def _dump(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=_plain).encode()
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=plain).encode()
 
 
 def _wire_body(
@@ -488,7 +369,7 @@ def _format_instruction(value: str | Mapping[str, Any] | None) -> str | None:
         if kind == "json_schema":
             wrapper = value.get("json_schema")
             schema = wrapper.get("schema", {}) if isinstance(wrapper, Mapping) else {}
-        shown = json.dumps(schema, ensure_ascii=False, default=_plain)
+        shown = json.dumps(schema, ensure_ascii=False, default=plain)
         return (
             "Reply with a single JSON object that is valid against this JSON schema, and "
             f"nothing else (no text around it, no Markdown code fences): {shown}"
@@ -497,22 +378,7 @@ def _format_instruction(value: str | Mapping[str, Any] | None) -> str | None:
     raise ConfigurationError(msg)
 
 
-def _plain(value: object) -> object:
-    if isinstance(value, Mapping):
-        return dict(value)
-    msg = f"{type(value).__name__} cannot be sent as JSON"
-    raise TypeError(msg)
-
-
 # -- response ------------------------------------------------------------------------------
-
-
-def _json_body(body: bytes, model: str) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        msg = f"the response body is not JSON ({len(body)} bytes)"
-        raise MalformedResponse(msg, provider=PROVIDER, model=model) from exc
 
 
 def parse_message(
@@ -690,6 +556,20 @@ class MessageAssembler:
         """The text handed to the caller so far."""
         return "".join(self._texts)
 
+    @property
+    def complete(self) -> bool:
+        """Whether the stop reason has arrived."""
+        return self.reason is not None
+
+    @property
+    def ended(self) -> bool:
+        """Whether ``message_stop`` arrived."""
+        return self.stopped
+
+    def take(self, event: SSEEvent) -> StreamChunk | None:
+        """Take one SSE event: its JSON data, typed by the event name when it has no ``type``."""
+        return self.accept(json.loads(event.data), event.event)
+
     def accept(self, obj: Any, event: str = "message") -> StreamChunk | None:
         """Take one decoded event; return the chunk to pass on now, if it carries text.
 
@@ -791,20 +671,14 @@ class MessageAssembler:
         A content-policy block is never dressed up as an interruption: that
         would invite a fallback chain to continue the answer elsewhere.
         """
-        if self.chunks and not isinstance(cause, ContentPolicyViolation):
-            interrupted = StreamInterrupted(
-                _why_cut(cause),
-                provider=PROVIDER,
-                model=self.model,
-                delivered_text=self.text,
-                delivered_chunks=self.chunks,
-            )
-            interrupted.__cause__ = cause
-            return interrupted
-        if cause is not None:
-            return cause
-        return ProviderConnectionError(
-            "the stream ended before any part of the answer", provider=PROVIDER, model=self.model
+        delivered = 0 if isinstance(cause, ContentPolicyViolation) else self.chunks
+        return interruption(
+            cause,
+            provider=PROVIDER,
+            model=self.model,
+            delivered_text=self.text if delivered else "",
+            delivered_chunks=delivered,
+            missing="stop reason",
         )
 
 
@@ -819,16 +693,6 @@ def _arguments(entry: list[Any]) -> str:
         return json.dumps(json.loads(raw), ensure_ascii=False)
     except ValueError:
         return raw  # the model wrote bad JSON: pass it on for the tool layer to report
-
-
-def _why_cut(cause: ProviderError | None) -> str:
-    if cause is None:
-        return "the stream ended without a stop reason"
-    if isinstance(cause, ProviderTimeout):
-        return f"the stream stalled ({cause.kind} limit of {cause.timeout:g}s)"
-    if isinstance(cause, ProviderConnectionError):
-        return "the connection broke mid-stream"
-    return f"the stream failed ({type(cause).__name__})"
 
 
 # -- errors --------------------------------------------------------------------------------

@@ -52,32 +52,36 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from types import TracebackType
+from collections.abc import AsyncIterator, Mapping
+from functools import partial
 from typing import Any, Literal
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import ConfigurationError
-from bastion._core.events import EventBus, default_bus
+from bastion._core.events import EventBus
 from bastion._core.usage import Usage
-from bastion._core.validate import instance_of, one_of, whole_number
+from bastion._core.validate import one_of
 from bastion.models._errors import (
     AuthenticationFailed,
     ContentPolicyViolation,
     ContextLengthExceeded,
     MalformedResponse,
     ProviderBadRequest,
-    ProviderConnectionError,
     ProviderError,
     ProviderRateLimited,
-    ProviderTimeout,
     ProviderUnavailable,
-    StreamInterrupted,
 )
-from bastion.models._sse import SSEParser, StreamEventSkipped, StreamTooLarge
+from bastion.models._provider import (
+    HTTPModel,
+    api_key_for,
+    checked_model_name,
+    connection_limits,
+    interruption,
+    plain,
+)
+from bastion.models._sse import SSEEvent
 from bastion.models._timeouts import ModelTimeouts
-from bastion.models._transport import HttpStream, Transport, retry_after_from_headers
+from bastion.models._transport import retry_after_from_headers
 from bastion.models._types import (
     ChatRequest,
     Completion,
@@ -102,7 +106,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PROVIDER = "openai"
 
 
-class OpenAIModel:
+class OpenAIModel(HTTPModel):
     """A chat model behind an OpenAI-compatible ``/chat/completions`` endpoint.
 
     >>> model = OpenAIModel("gpt-4o-mini", api_key="sk-...")            # doctest: +SKIP
@@ -122,15 +126,9 @@ class OpenAIModel:
     with ``await model.aclose()`` or ``async with model:``.
     """
 
-    __slots__ = (
-        "_bus",
-        "_clock",
-        "_max_tokens_param",
-        "_model",
-        "_name",
-        "_path",
-        "_transport",
-    )
+    __slots__ = ("_max_tokens_param",)
+
+    _EVENT_NAME = "a chat completion chunk"
 
     def __init__(
         self,
@@ -148,25 +146,25 @@ class OpenAIModel:
         max_connections: int = 100,
         bus: EventBus | None = None,
     ) -> None:
-        if not isinstance(model, str) or not model:
-            msg = (
-                f"OpenAIModel.model must be a non-empty model name such as 'gpt-4o'; got {model!r}"
-            )
-            raise ConfigurationError(msg)
+        checked_model_name(model, "OpenAIModel", "gpt-4o")
         one_of(
             max_tokens_param,
             "OpenAIModel.max_tokens_param",
             ("max_tokens", "max_completion_tokens"),
         )
-        whole_number(max_connections, "OpenAIModel.max_connections")
-        limits = instance_of(timeouts, ModelTimeouts, "OpenAIModel.timeouts")
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        if not key and base_url.rstrip("/") == DEFAULT_BASE_URL:
-            msg = (
+        limits = connection_limits(
+            "OpenAIModel", max_connections=max_connections, timeouts=timeouts
+        )
+        key = api_key_for(
+            api_key,
+            env="OPENAI_API_KEY",
+            base_url=base_url,
+            default_url=DEFAULT_BASE_URL,
+            missing=(
                 f"OpenAIModel({model!r}) needs an API key for {DEFAULT_BASE_URL}: pass api_key= "
                 "or set OPENAI_API_KEY (servers that need no key: pass their base_url)"
-            )
-            raise ConfigurationError(msg)
+            ),
+        )
         wire_headers = {"Content-Type": "application/json", "User-Agent": "bastion"}
         if key:
             if api_version is not None:
@@ -174,65 +172,33 @@ class OpenAIModel:
             else:
                 wire_headers["Authorization"] = f"Bearer {key}"
         wire_headers.update(headers or {})
-        self._model = model
-        self._name = name or model
-        self._clock = clock
-        self._bus = bus
-        self._max_tokens_param = max_tokens_param
-        self._path = (
-            f"/openai/deployments/{deployment}/chat/completions"
-            if deployment
-            else "/chat/completions"
-        )
-        self._transport = Transport(
-            base_url,
+        super().__init__(
+            model,
+            name=name,
+            clock=clock,
+            bus=bus,
+            path=(
+                f"/openai/deployments/{deployment}/chat/completions"
+                if deployment
+                else "/chat/completions"
+            ),
+            errors=error_from_response,
+            base_url=base_url,
             provider=PROVIDER,
             headers=wire_headers,
             query={"api-version": api_version} if api_version is not None else None,
             timeouts=limits,
-            clock=clock,
             max_connections=max_connections,
         )
-
-    def __repr__(self) -> str:
-        return f"OpenAIModel({self._model!r}, base_url={self._transport.base_url!r})"
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def model(self) -> str:
-        """The model asked for when a request does not name one."""
-        return self._model
-
-    @property
-    def url(self) -> str:
-        """Where requests go."""
-        return self._transport.url(self._path)
-
-    @property
-    def timeouts(self) -> ModelTimeouts:
-        return self._transport.timeouts
+        self._max_tokens_param = max_tokens_param
 
     async def complete(self, request: ChatRequest) -> Completion:
         """Ask for the whole answer in one response."""
-        model = request.model or self._model
+        model = self._model_for(request)
         body = encode_request(
             request, model=model, stream=False, max_tokens_param=self._max_tokens_param
         )
-        reply = await self._transport.post(self._path, body, model=model)
-        if not 200 <= reply.status < 300:
-            raise error_from_response(
-                reply.status, reply.headers, reply.body, model=model, now=self._clock.time()
-            )
-        data = _json_body(reply.body, model)
-        return parse_completion(
-            data,
-            model=model,
-            latency_s=self._clock.monotonic() - reply.started_at,
-            ttft_s=reply.headers_at - reply.started_at,
-        )
+        return await self._ask(body, model, partial(parse_completion, model=model))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         """Yield the answer as it is written; the last chunk has the finish reason and usage.
@@ -241,108 +207,15 @@ class OpenAIModel:
         :class:`StreamInterrupted` (with the text delivered so far); one that
         breaks before anything was yielded raises the underlying error.
         """
-        model = request.model or self._model
+        model = self._model_for(request)
         body = encode_request(
             request, model=model, stream=True, max_tokens_param=self._max_tokens_param
         )
-        http = await self._transport.open_stream(self._path, body, model=model)
-        try:
-            if not 200 <= http.status < 300:
-                raw = await http.read_all()
-                raise error_from_response(
-                    http.status, http.headers, raw, model=model, now=self._clock.time()
-                )
-            if "event-stream" not in http.headers.get("Content-Type", ""):
-                # Some servers ignore stream=true and answer in one piece.
-                data = _json_body(await http.read_all(), model)
-                whole = parse_completion(data, model=model)
-                if whole.text:
-                    yield StreamChunk(text=whole.text, model=whole.model)
-                yield StreamChunk(
-                    model=whole.model,
-                    tool_calls=whole.tool_calls,
-                    finish_reason=whole.finish_reason,
-                    usage=whole.usage,
-                )
-                return
-            async with contextlib.aclosing(self._read_stream(http, model)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-        finally:
-            http.close()
-
-    async def _read_stream(self, http: HttpStream, model: str) -> AsyncGenerator[StreamChunk, None]:
-        parser = SSEParser()
-        assembler = StreamAssembler(model)
-        position = 0
-        while True:
-            try:
-                data = await http.read()
-            except ProviderError as exc:
-                if assembler.finish is not None:
-                    break  # the answer was complete; only usage or [DONE] went missing
-                raise assembler.interrupted(exc)  # noqa: B904 - the cause is set on the error
-            skipped = parser.skipped
-            try:
-                events = parser.feed(data) if data else parser.close()
-            except StreamTooLarge as exc:
-                raise MalformedResponse(str(exc), provider=PROVIDER, model=model) from exc
-            for _ in range(parser.skipped - skipped):
-                self._skipped(model, position, "an event that is not UTF-8")
-                position += 1
-            for event in events:
-                position += 1
-                text = event.data
-                if text == "[DONE]":
-                    if assembler.finish is None:
-                        raise assembler.interrupted(None)
-                    yield assembler.final()
-                    return
-                try:
-                    obj = json.loads(text)
-                    chunk = assembler.accept(obj)
-                except (ValueError, TypeError, AttributeError, KeyError) as exc:
-                    self._skipped(model, position - 1, _unreadable(exc))
-                    continue
-                except ProviderError as exc:
-                    raise assembler.interrupted(exc)  # noqa: B904 - the cause is set on the error
-                if assembler.started and not assembler.timing_switched:
-                    assembler.timing_switched = True
-                    http.first_token()
-                if chunk is not None:
-                    yield chunk
-            if not data:
-                break
-        if assembler.finish is None:
-            raise assembler.interrupted(None)
-        yield assembler.final()
-
-    def _skipped(self, model: str, position: int, reason: str) -> None:
-        bus = self._bus if self._bus is not None else default_bus()
-        bus.emit(
-            StreamEventSkipped(source=self._name, model=model, position=position, reason=reason)
-        )
-
-    async def aclose(self) -> None:
-        """Close the pooled connections (a later call opens new ones)."""
-        await self._transport.aclose()
-
-    async def __aenter__(self) -> OpenAIModel:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-def _unreadable(exc: BaseException) -> str:
-    if isinstance(exc, ValueError):
-        return "an event whose data is not JSON"
-    return "an event that is not a chat completion chunk"
+        whole = partial(parse_completion, model=model)
+        relay = self._relay(body, model, whole, StreamAssembler(model))
+        async with contextlib.aclosing(relay) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
 
 # -- request -------------------------------------------------------------------------------
@@ -390,7 +263,7 @@ def encode_request(
         body["stop"] = list(request.stop)
     if request.response_format is not None:
         body["response_format"] = _response_format(request.response_format)
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=_plain).encode()
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=plain).encode()
 
 
 def _message(message: Message) -> dict[str, Any]:
@@ -428,22 +301,7 @@ def _response_format(value: str | Mapping[str, Any]) -> Mapping[str, Any]:
     raise ConfigurationError(msg)
 
 
-def _plain(value: object) -> object:
-    if isinstance(value, Mapping):
-        return dict(value)
-    msg = f"{type(value).__name__} cannot be sent as JSON"
-    raise TypeError(msg)
-
-
 # -- response ------------------------------------------------------------------------------
-
-
-def _json_body(body: bytes, model: str) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        msg = f"the response body is not JSON ({len(body)} bytes)"
-        raise MalformedResponse(msg, provider=PROVIDER, model=model) from exc
 
 
 def parse_completion(
@@ -570,6 +428,7 @@ class StreamAssembler:
         "_texts",
         "_tools",
         "chunks",
+        "ended",
         "finish",
         "model",
         "started",
@@ -588,11 +447,25 @@ class StreamAssembler:
         self.started = False
         """Whether any part of the answer (text, a tool call, a finish reason) has arrived."""
         self.timing_switched = False
+        self.ended = False
+        """Whether ``data: [DONE]`` arrived."""
 
     @property
     def text(self) -> str:
         """The text handed to the caller so far."""
         return "".join(self._texts)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the finish reason has arrived."""
+        return self.finish is not None
+
+    def take(self, event: SSEEvent) -> StreamChunk | None:
+        """Take one SSE event: ``[DONE]`` ends the stream, anything else is a JSON chunk."""
+        if event.data == "[DONE]":
+            self.ended = True
+            return None
+        return self.accept(json.loads(event.data))
 
     def accept(self, obj: Mapping[str, Any]) -> StreamChunk | None:
         """Take one decoded event; return the chunk to pass on now, if it carries text."""
@@ -674,32 +547,14 @@ class StreamAssembler:
         :class:`StreamInterrupted` once the caller has text; before that, the
         cause itself (nothing was delivered, so the call can simply be redone).
         """
-        if self.chunks:
-            reason = _why_cut(cause)
-            interrupted = StreamInterrupted(
-                reason,
-                provider=PROVIDER,
-                model=self.model,
-                delivered_text=self.text,
-                delivered_chunks=self.chunks,
-            )
-            interrupted.__cause__ = cause
-            return interrupted
-        if cause is not None:
-            return cause
-        return ProviderConnectionError(
-            "the stream ended before any part of the answer", provider=PROVIDER, model=self.model
+        return interruption(
+            cause,
+            provider=PROVIDER,
+            model=self.model,
+            delivered_text=self.text if self.chunks else "",
+            delivered_chunks=self.chunks,
+            missing="finish reason",
         )
-
-
-def _why_cut(cause: ProviderError | None) -> str:
-    if cause is None:
-        return "the stream ended without a finish reason"
-    if isinstance(cause, ProviderTimeout):
-        return f"the stream stalled ({cause.kind} limit of {cause.timeout:g}s)"
-    if isinstance(cause, ProviderConnectionError):
-        return "the connection broke mid-stream"
-    return f"the stream failed ({type(cause).__name__})"
 
 
 def _stream_error(error: Any, model: str) -> ProviderError:
