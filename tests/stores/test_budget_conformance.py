@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bastion import BudgetExceededError, EventBus
+from bastion import BudgetExceededError, EventBus, StoreUnavailableError
 from bastion.stores import BudgetConfig, BudgetEnforcer, BudgetExceeded, BudgetStore, CapCharge
 from bastion.testing import FakeClock
 
@@ -228,3 +228,104 @@ async def test_a_reservation_as_a_context_manager(store: Any, clock: FakeClock) 
     async with await budget.reserve(D("0.3")) as held:
         await held.settle(D("0.1"))
     assert await budget.spent() == {"month": D("0.3")}
+
+
+async def test_concurrent_settles_of_one_reservation_count_once(
+    store: Any, clock: FakeClock
+) -> None:
+    budget = enforcer(store, clock, max_usd_per_run=D("1"), max_usd_per_month=D("5"))
+    held = await budget.reserve(D("0.3"), run_id="twice")
+    outcomes = await asyncio.gather(
+        held.settle(D("0.3")), held.settle(D("0.3")), return_exceptions=True
+    )
+    assert sorted(type(o).__name__ for o in outcomes) == ["NoneType", "RuntimeError"]
+    assert held.state == "settled"
+    assert await budget.spent(run_id="twice") == {"run": D("0.3"), "month": D("0.3")}
+
+
+async def test_a_settle_racing_a_release_is_refused_at_once(store: Any, clock: FakeClock) -> None:
+    budget = enforcer(store, clock, max_usd_per_month=D("1"))
+    held = await budget.reserve(D("0.4"))
+    outcomes = await asyncio.gather(held.release(), held.settle(D("0.4")), return_exceptions=True)
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], RuntimeError)
+    assert "already releas" in str(outcomes[1])  # releasing, or released (memory never waits)
+    assert (held.state, await budget.spent()) == ("released", {"month": D("0")})
+
+
+async def test_a_settle_sent_twice_to_the_store_counts_once(store: Any) -> None:
+    caps = [CapCharge("a", 1_000, 4e9), CapCharge("b", 1_000, 4e9)]
+    now = 1.75e9
+    await store.reserve("r", caps, 600, mode="all", now=now, hold_until=now + 9)
+    assert await store.settle("r", caps, 500, now=now) is True
+    assert await store.settle("r", caps, 500, now=now) is False  # a retry after a lost reply
+    assert await store.committed(caps, now=now) == (500, 500)
+    await store.release("r", caps)  # releasing twice is harmless too
+    assert await store.committed(caps, now=now) == (500, 500)
+
+
+async def test_a_settle_without_a_hold_adds_only_when_told_to(store: Any) -> None:
+    caps = [CapCharge("c", 1_000, 4e9)]
+    now = 1.75e9
+    assert await store.settle("never-held", caps, 200, now=now) is False
+    assert await store.settle("never-held", caps, 200, now=now, if_held=False) is True
+    assert await store.committed(caps, now=now) == (200,)
+
+
+class _LostReplies:
+    """The real store, but the first settle's reply is lost after it ran (a timeout)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.backend = store.backend
+        self.lost = 0
+
+    async def reserve(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.store.reserve(*args, **kwargs)
+
+    async def settle(self, *args: Any, **kwargs: Any) -> bool:
+        added: bool = await self.store.settle(*args, **kwargs)
+        if not self.lost:
+            self.lost += 1
+            raise StoreUnavailableError(self.backend, operation="settle", reason="no answer")
+        return added
+
+    async def release(self, *args: Any, **kwargs: Any) -> None:
+        await self.store.release(*args, **kwargs)
+
+    async def committed(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.store.committed(*args, **kwargs)
+
+
+async def test_a_settle_retried_after_a_lost_reply_counts_once(
+    store: Any, clock: FakeClock
+) -> None:
+    budget = enforcer(_LostReplies(store), clock, max_usd_per_month=D("1"))
+    held = await budget.reserve(D("0.3"))
+    with pytest.raises(StoreUnavailableError):
+        await held.settle(D("0.3"))
+    assert held.state == "open"
+    await held.settle(D("0.3"))
+    assert (held.state, await budget.spent()) == ("settled", {"month": D("0.3")})
+
+
+async def test_a_settle_after_the_hold_expired_still_counts(store: Any, clock: FakeClock) -> None:
+    budget = enforcer(store, clock, max_usd_per_month=D("1"), reservation_ttl=10)
+    held = await budget.reserve(D("0.3"))
+    clock.advance(11)
+    await budget.reserve(D("0.1"))  # reclaims the expired hold
+    await held.settle(D("0.3"))
+    assert await budget.spent() == {"month": D("0.4")}
+
+
+async def test_a_run_is_remembered_run_ttl_after_its_latest_use(
+    store: Any, clock: FakeClock
+) -> None:
+    budget = enforcer(store, clock, max_usd_per_run=1, run_ttl=100, reservation_ttl=10)
+    for _ in range(3):
+        held = await budget.reserve(D("0.3"), run_id="long")
+        await held.settle(D("0.3"))
+        clock.advance(60)
+    with pytest.raises(BudgetExceededError):
+        await budget.reserve(D("0.3"), run_id="long")
+    assert await budget.spent(run_id="long") == {"run": D("0.9")}

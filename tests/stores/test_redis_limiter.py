@@ -89,3 +89,36 @@ async def test_fail_open_and_fail_closed_on_an_unreachable_server(bus: EventBus)
         ]
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"retry": None, "retry_on_error": [TimeoutError]}],
+    ids=["default-retries", "retry-on-error"],
+)
+def test_a_client_that_retries_is_refused(options: dict[str, Any]) -> None:
+    import redis.asyncio as redis_asyncio
+
+    from bastion import ConfigurationError
+    from bastion.stores import RedisStore
+
+    client = redis_asyncio.Redis(**options)
+    with pytest.raises(ConfigurationError, match=r"RedisStore\.client retries.*NoBackoff\(\), 0"):
+        RedisStore(client=client)
+    with pytest.raises(ConfigurationError, match=r"RedisRateLimiter\.client retries"):
+        RedisRateLimiter(client=client, window=1, max_requests=1)
+
+
+def test_a_client_without_retries_is_taken() -> None:
+    import redis.asyncio as redis_asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    from bastion.stores import RedisStore
+
+    for client in (
+        redis_asyncio.Redis(retry=Retry(NoBackoff(), 0)),
+        redis_asyncio.Redis.from_url("redis://127.0.0.1:6379/0"),  # what the fixtures use
+    ):
+        assert RedisStore(client=client).client is client
+        assert RedisRateLimiter(client=client, window=1, max_requests=1).store.client is client

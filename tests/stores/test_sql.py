@@ -117,3 +117,21 @@ async def test_views_share_the_connections_and_report_their_scope(tmp_path: Path
         view = store.scoped("tenant")
         assert view._shared is store._shared
         assert repr(view) == "SQLStore(backend='sqlite', scope=('tenant',))"
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize(
+    "schema",
+    ['x"; DROP TABLE budget_caps; --', "public,evil", "1st", "a" * 64, "", "naïve", 7],
+)
+def test_a_schema_must_be_a_plain_identifier(schema: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"SQLStore\.schema must be a plain PostgreSQL"):
+        SQLStore(POSTGRES_URL, schema=schema)
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("schema", ["bastion", "_Tenant_42", "a" * 63])
+async def test_a_plain_schema_is_taken(schema: str) -> None:
+    store = SQLStore(POSTGRES_URL, schema=schema)
+    await store.aclose()
+    assert store.backend == "postgresql"

@@ -56,7 +56,7 @@ from bastion._core.validate import (
 from bastion.resilience._invoke import decorate
 from bastion.stores._base import FailureMode, report_degraded
 from bastion.stores._ratelimit import ALGORITHMS, Algorithm, RateLimitStore, WindowSpec
-from bastion.stores._redis import RedisStore
+from bastion.stores._redis import RedisStore, refuse_retries
 from bastion.stores._window_log import RateLimitBackend, WindowDecision
 
 if TYPE_CHECKING:
@@ -494,8 +494,14 @@ class RedisRateLimiter:
     ``max_requests`` per ``window`` seconds per key, decided by one Lua script
     on the server (see :class:`~bastion.stores.RedisStore`). It is a thin
     front for ``RateLimiter(config, backend=RedisStore(client=...))`` -- the
-    same limiter, errors and events -- with the names such callers expect:
+    same limiter, errors and events -- with the names such callers expect.
+    The client must not retry (a re-sent script may count a request twice);
+    one that does is refused with a ``ConfigurationError``:
 
+    >>> from redis.asyncio import Redis
+    >>> from redis.asyncio.retry import Retry
+    >>> from redis.backoff import NoBackoff
+    >>> redis_client = Redis(host="localhost", retry=Retry(NoBackoff(), 0))
     >>> limiter = RedisRateLimiter(client=redis_client, window=60, max_requests=100)
     >>> decision = await limiter.check("user-42")      # admit now or say when
     >>> reply = await limiter.execute(call_model, key="user-42")  # or RateLimitError
@@ -523,6 +529,7 @@ class RedisRateLimiter:
             algorithm=algorithm,
             on_store_failure=on_store_failure,
         )
+        refuse_retries(client, "RedisRateLimiter.client")
         self.store = RedisStore(client=client, namespace=namespace, timeout=timeout)
         """The store the decisions run in (it never closes your client)."""
         self.limiter = RateLimiter(config, name=name, clock=clock, bus=bus, backend=self.store)

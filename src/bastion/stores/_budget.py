@@ -148,11 +148,19 @@ class Reservation:
     As an async context manager it releases on an exception and, if the block
     ends without :meth:`settle`, settles the whole held amount -- the safe
     guess when nobody reported the real cost.
+
+    A reservation is settled or released once: a second call -- even one
+    made while the first is still waiting for the store -- raises
+    ``RuntimeError``. A settle or release that fails leaves it open, so it
+    can be retried; the store adds a settlement only while the hold is there,
+    so a retry after a first attempt that did run (its reply lost to a
+    timeout) still counts once.
     """
 
     __slots__ = (
         "_caps",
         "_enforcer",
+        "_hold_until",
         "_state",
         "amount_usd",
         "checked",
@@ -171,9 +179,11 @@ class Reservation:
         requested_usd: Decimal,
         exceeded: str | None,
         checked: bool,
+        hold_until: float,
     ) -> None:
         self._enforcer = enforcer
         self._caps = caps
+        self._hold_until = hold_until
         self._state = "open"
         self.id = id
         self.amount_usd = amount_usd
@@ -189,7 +199,7 @@ class Reservation:
 
     @property
     def state(self) -> str:
-        """``"open"``, ``"settled"`` or ``"released"``."""
+        """``"open"``, ``"settling"``, ``"releasing"``, ``"settled"`` or ``"released"``."""
         return self._state
 
     async def settle(self, actual_usd: Decimal | int | float | str) -> None:
@@ -199,15 +209,28 @@ class Reservation:
         either way); it is recorded as it is.
         """
         amount = to_micros(usd(actual_usd, "actual_usd"))
-        self._check_open("settle")
-        await self._enforcer._settle(self, self._caps, amount)
+        self._begin("settle", "settling")
+        try:
+            await self._enforcer._settle(self, self._caps, amount)
+        except BaseException:
+            self._state = "open"  # nothing known to be recorded: a retry may finish the job
+            raise
         self._state = "settled"
 
     async def release(self) -> None:
         """Drop the hold without spending: the call failed before costing anything."""
-        self._check_open("release")
-        await self._enforcer._release(self, self._caps)
+        self._begin("release", "releasing")
+        try:
+            await self._enforcer._release(self, self._caps)
+        except BaseException:
+            self._state = "open"
+            raise
         self._state = "released"
+
+    def _begin(self, verb: str, state: str) -> None:
+        """Claim the reservation for one settle or release, before any await (no second one)."""
+        self._check_open(verb)
+        self._state = state
 
     def _check_open(self, verb: str) -> None:
         if self._state != "open":
@@ -316,6 +339,7 @@ class BudgetEnforcer:
                 requested_usd=requested,
                 exceeded=None,
                 checked=False,
+                hold_until=hold_until,
             )
         exceeded = None
         if outcome.over != -1:
@@ -335,6 +359,7 @@ class BudgetEnforcer:
             requested_usd=requested,
             exceeded=exceeded,
             checked=True,
+            hold_until=hold_until,
         )
 
     async def spent(
@@ -432,8 +457,11 @@ class BudgetEnforcer:
             else cap
             for cap in caps
         )
+        # Only a live hold makes a settle idempotent; one never made (the store was down) or
+        # already expired cannot be found again, so its amount is added unconditionally.
+        if_held = reservation.checked and now < reservation._hold_until
         try:
-            await self.store.settle(reservation.id, refreshed, amount, now=now)
+            await self.store.settle(reservation.id, refreshed, amount, now=now, if_held=if_held)
         except StoreUnavailableError as exc:
             self._degraded(exc)
 

@@ -122,13 +122,26 @@ class BudgetStore(Protocol):
         ...
 
     async def settle(
-        self, reservation: str, caps: Sequence[CapCharge], amount: int, *, now: float
-    ) -> None:
-        """Record ``amount`` as spent on every cap and drop the reservation's holds, atomically."""
+        self,
+        reservation: str,
+        caps: Sequence[CapCharge],
+        amount: int,
+        *,
+        now: float,
+        if_held: bool = True,
+    ) -> bool:
+        """Drop the reservation's holds and record ``amount`` as spent, atomically.
+
+        With ``if_held`` (the default) ``amount`` is added only to the caps
+        the reservation still holds, so a settle sent twice -- retried after a
+        timeout whose first attempt did run -- counts once. ``if_held=False``
+        adds it everywhere: for a reservation that never got a hold (the store
+        was down) or whose hold has expired. True when anything was added.
+        """
         ...
 
     async def release(self, reservation: str, caps: Sequence[CapCharge]) -> None:
-        """Drop the reservation's holds without spending anything."""
+        """Drop the reservation's holds without spending anything (twice is harmless)."""
         ...
 
     async def committed(self, caps: Sequence[CapCharge], *, now: float) -> tuple[int, ...]:

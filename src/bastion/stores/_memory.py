@@ -137,13 +137,22 @@ class MemoryStore:
             return ReserveOutcome(granted, over, committed)
 
     async def settle(
-        self, reservation: str, caps: Sequence[CapCharge], amount: int, *, now: float
-    ) -> None:
+        self,
+        reservation: str,
+        caps: Sequence[CapCharge],
+        amount: int,
+        *,
+        now: float,
+        if_held: bool = True,
+    ) -> bool:
+        added = False
         with self._state.lock:
             for cap in caps:
                 counter = self._cap(cap, now)
-                counter.holds.pop(reservation, None)
-                counter.settled += amount
+                if counter.holds.pop(reservation, None) is not None or not if_held:
+                    counter.settled += amount
+                    added = True
+        return added
 
     async def release(self, reservation: str, caps: Sequence[CapCharge]) -> None:
         with self._state.lock:
@@ -154,14 +163,22 @@ class MemoryStore:
 
     async def committed(self, caps: Sequence[CapCharge], *, now: float) -> tuple[int, ...]:
         with self._state.lock:
-            return tuple(self._cap(cap, now).committed(now) for cap in caps)
+            return tuple(self._cap(cap, now, extend=False).committed(now) for cap in caps)
 
-    def _cap(self, cap: CapCharge, now: float) -> _Cap:
-        """The live counter of ``cap`` (a fresh one once its period is over); lock held."""
+    def _cap(self, cap: CapCharge, now: float, *, extend: bool = True) -> _Cap:
+        """The live counter of ``cap`` (a fresh one once its period is over); lock held.
+
+        A write pushes the counter's expiry out to ``cap.expires_at`` when that
+        is later (a run is remembered ``run_ttl`` after its *latest* use, as
+        the shared stores do); a read leaves it alone.
+        """
         caps = self._state.caps
         key = self._prefix + cap.key
         counter = caps.get(key)
-        if counter is None or counter.expires_at <= now:
+        if counter is not None and counter.expires_at > now:
+            if extend and cap.expires_at > counter.expires_at:
+                counter.expires_at = cap.expires_at
+        else:
             counter = caps[key] = _Cap(cap.expires_at)
             if len(caps) % 1024 == 0:
                 for stale in [k for k, c in caps.items() if c.expires_at <= now]:

@@ -66,6 +66,37 @@ def import_redis() -> Any:
     return redis_asyncio
 
 
+def refuse_retries(client: Any, option: str) -> None:
+    """Refuse a client that would re-send a command whose reply was lost.
+
+    A script re-sent that way may already have run: a reservation or a
+    settlement counted twice. redis-py retries per connection -- its
+    ``retry`` (10 times by default when built as ``Redis(...)``), or once
+    when there is none but ``retry_on_timeout`` / ``retry_on_error`` is set.
+    """
+    get_retry = getattr(client, "get_retry", None)
+    get_kwargs = getattr(client, "get_connection_kwargs", None)
+    if get_retry is None or get_kwargs is None:
+        return  # not a redis-py client we can inspect; its owner vouches for it
+    retry = get_retry()
+    kwargs = get_kwargs()
+    if retry is not None:
+        retries = retry.get_retries()
+    elif kwargs.get("retry_on_timeout") or kwargs.get("retry_on_error"):
+        retries = 1
+    else:
+        retries = 0
+    if retries != 0:
+        msg = (
+            f"{option} retries commands ({retries} retries): a script whose reply was lost "
+            "would run again and could count twice. Build the client with retries off: "
+            "redis.asyncio.Redis(..., retry=Retry(NoBackoff(), 0)) (Retry from "
+            "redis.asyncio.retry, NoBackoff from redis.backoff) and no retry_on_timeout / "
+            "retry_on_error, or pass url= and let the store build it"
+        )
+        raise ConfigurationError(msg)
+
+
 _Decision = tuple[list[str], list[str]]
 """The keys and arguments of one rate-limit decision (without the shared ``now``)."""
 
@@ -120,7 +151,8 @@ class RedisStore:
     Give either ``url`` (the store builds and owns a client whose pool makes callers
     queue for one of ``max_connections`` connections) or ``client``
     (yours; the store never closes it -- build it with ``retry=Retry(NoBackoff(), 0)``
-    so a lost reply is never answered by running a script twice). ``batch=False``
+    so a lost reply is never answered by running a script twice: a client that
+    retries is refused with a ``ConfigurationError``). ``batch=False``
     sends every rate-limit decision on its own (needed on Redis Cluster).
     """
 
@@ -158,6 +190,7 @@ class RedisStore:
             client = redis_asyncio.Redis.from_pool(pool)  # the client owns (and closes) the pool
             owned = True
         else:
+            refuse_retries(client, "RedisStore.client")
             owned = False
         self._shared = _Shared(client, owned=owned, clock=clock, timeout=self._timeout, batch=batch)
         self._namespace = escape(namespace)
@@ -263,12 +296,18 @@ class RedisStore:
         return ReserveOutcome(int(reply[0]), int(reply[1]), tuple(int(v) for v in reply[2:]))
 
     async def settle(
-        self, reservation: str, caps: Sequence[CapCharge], amount: int, *, now: float
-    ) -> None:
-        args: list[str | int] = [reservation, amount, repr(now)]
+        self,
+        reservation: str,
+        caps: Sequence[CapCharge],
+        amount: int,
+        *,
+        now: float,
+        if_held: bool = True,
+    ) -> bool:
+        args: list[str | int] = [reservation, amount, repr(now), int(if_held)]
         args += [repr(cap.expires_at) for cap in caps]
         script = self._shared.scripts["settle"]
-        await self._call("settle", script(keys=self._cap_keys(caps), args=args))
+        return int(await self._call("settle", script(keys=self._cap_keys(caps), args=args))) == 1
 
     async def release(self, reservation: str, caps: Sequence[CapCharge]) -> None:
         script = self._shared.scripts["release"]

@@ -228,12 +228,15 @@ local function reclaim(cap, holds, now)
   if #gone > 0 then redis.call('ZREMRANGEBYSCORE', holds, '-inf', now) end
 end
 local function drop_hold(cap, holds, r)
+  -- true when the hold was there to drop
   local amount = tonumber(redis.call('HGET', cap, 'h:' .. r))
   if amount then
     redis.call('HINCRBY', cap, 'reserved', string.format('%d', -amount))
     redis.call('HDEL', cap, 'h:' .. r)
     redis.call('ZREM', holds, r)
+    return true
   end
+  return false
 end
 local function committed(cap)
   local v = redis.call('HMGET', cap, 'settled', 'reserved')
@@ -289,15 +292,19 @@ return reply
 BUDGET_SETTLE = (
     _BUDGET_PRELUDE
     + """
--- ARGV: reservation, amount, now, then per cap: keep_until
-local r, amount, now = ARGV[1], ARGV[2], ARGV[3]
+-- ARGV: reservation, amount, now, if_held ('1': add only where the hold is still there, so a
+-- settle sent twice counts once), then per cap: keep_until. Returns 1 when anything was added.
+local r, amount, now, if_held = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local added = 0
 for c = 1, #KEYS / 2 do
   local cap, holds = KEYS[2 * c - 1], KEYS[2 * c]
-  drop_hold(cap, holds, r)
-  redis.call('HINCRBY', cap, 'settled', amount)
-  keep_until(cap, holds, ARGV[3 + c], now)
+  if drop_hold(cap, holds, r) or not if_held then
+    redis.call('HINCRBY', cap, 'settled', amount)
+    added = 1
+  end
+  keep_until(cap, holds, ARGV[4 + c], now)
 end
-return 1
+return added
 """
 )
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import ConfigurationError
 from bastion._core.redact import redact_url
-from bastion._core.validate import positive_number
+from bastion._core.validate import invalid, positive_number
 from bastion.stores._base import call_store
 from bastion.stores._budget_store import (
     CapCharge,
@@ -174,7 +175,8 @@ class SQLStore:
     """Rate limits and budgets in SQLite (``sqlite:///path.db``) or PostgreSQL.
 
     ``schema`` (PostgreSQL only) puts every table in that schema instead of
-    the user's default one -- it must exist. ``auto_upgrade`` (default: on for
+    the user's default one -- it must exist, and be a plain identifier (it
+    goes into ``search_path``, which folds it to lower case). ``auto_upgrade`` (default: on for
     SQLite, off for PostgreSQL) applies missing migrations on first use.
     ``pool_size`` is PostgreSQL's connection pool (twice that under load); a
     SQLite store keeps one connection, since SQLite writes one at a time.
@@ -220,7 +222,7 @@ class SQLStore:
         else:
             connect_args: dict[str, Any] = {"timeout": self._timeout}
             if schema is not None:
-                connect_args["server_settings"] = {"search_path": schema}
+                connect_args["server_settings"] = {"search_path": _plain_identifier(schema)}
             async_engine = create_async_engine(
                 engine_url,
                 pool_size=pool_size,
@@ -403,15 +405,30 @@ class SQLStore:
         return await self.run("reserve", step)
 
     async def settle(
-        self, reservation: str, caps: Sequence[CapCharge], amount: int, *, now: float
-    ) -> None:
+        self,
+        reservation: str,
+        caps: Sequence[CapCharge],
+        amount: int,
+        *,
+        now: float,
+        if_held: bool = True,
+    ) -> bool:
+        keys = [self._prefix + cap.key for cap in caps]
         sql = self._shared.statements
 
-        def step(conn: Connection) -> None:
-            self._lock_caps(conn, caps, now, amount)
-            conn.execute(sql.unhold, {"b_reservation": reservation})
+        def step(conn: Connection) -> bool:
+            if not if_held:
+                self._lock_caps(conn, caps, now, amount)
+                conn.execute(sql.unhold, {"b_reservation": reservation})
+                return bool(caps)
+            self._lock_caps(conn, caps, now, 0)  # caps first, in key order, as reserve does
+            dropped = conn.execute(sql.unhold_returning, {"b_reservation": reservation})
+            held = sorted(set(dropped.scalars().all()) & set(keys))
+            if held:
+                conn.execute(sql.caps_add, {"b_keys": held, "b_amount": amount})
+            return bool(held)
 
-        await self.run("settle", step)
+        return await self.run("settle", step)
 
     async def release(self, reservation: str, caps: Sequence[CapCharge]) -> None:
         keys = [self._prefix + cap.key for cap in caps]
@@ -451,6 +468,21 @@ def _decide(
         state = {"t": now, "e": [[expires, *entry] for expires, entry in log.entries]}
         expires_at = log.entries[-1][0] if log.entries else now
     return verdict, json.dumps(state, separators=(",", ":")), expires_at
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _plain_identifier(schema: object) -> str:
+    """``schema`` if it can go into ``search_path`` as it is: nothing there to quote or inject."""
+    if not isinstance(schema, str) or _IDENTIFIER.fullmatch(schema) is None:
+        invalid(
+            "SQLStore.schema",
+            "a plain PostgreSQL identifier (ASCII letters, digits and underscores, not "
+            "starting with a digit, at most 63 characters), e.g. 'bastion'",
+            schema,
+        )
+    return schema
 
 
 def _serialize_sqlite(engine: sa.Engine, timeout: float) -> None:

@@ -67,6 +67,12 @@ class Statements:
         ).returning(caps.c.key, caps.c.settled)
         """Per row ``{key, settled, expires_at, b_now}``: create or update (and so lock) a cap,
         restart it from zero when its period has passed, add ``settled``; returns the totals."""
+        self.caps_add = (
+            sa.update(caps)
+            .where(caps.c.key.in_(keys))
+            .values(settled=caps.c.settled + sa.bindparam("b_amount"))
+        )
+        """Add ``b_amount`` to the settled sum of caps already locked by ``caps_lock``."""
         self.caps_read = sa.select(caps.c.key, caps.c.settled).where(
             caps.c.key.in_(keys), caps.c.expires_at > now
         )
@@ -92,6 +98,8 @@ class Statements:
         )
         """Per row ``{reservation, cap_key, amount, hold_until}``; a retried reserve replaces."""
         self.unhold = sa.delete(holds).where(holds.c.reservation == reservation)
+        self.unhold_returning = self.unhold.returning(holds.c.cap_key)
+        """Drop a reservation's holds; the caps it still held (a settle adds only to those)."""
         self.unhold_caps = sa.delete(holds).where(
             holds.c.reservation == reservation, holds.c.cap_key.in_(keys)
         )
