@@ -10,7 +10,9 @@ import pytest
 from bastion import EventBus, RetryConfig
 from bastion.models import (
     ChatRequest,
+    ContentPolicyViolation,
     FallbackChain,
+    ModelChoice,
     ModelTimeouts,
     OpenAIModel,
 )
@@ -136,3 +138,49 @@ async def test_a_stream_cut_midway_restarts_on_an_openai_backup(server: ChaosSer
     assert "".join(c.text for c in chunks[restart_at:]) == "a whole new answer"
     sent = server.requests[-1].body["messages"]
     assert sent[-1]["role"] == "user"  # no prefix was sent to a model that cannot use it
+
+
+async def test_weights_split_real_traffic(server: ChaosServer) -> None:
+    heavy = OpenAIModel("heavy", api_key="k", base_url=server.url + "/v1")
+    light = OpenAIModel("light", api_key="k", base_url=server.url + "/v1")
+    async with heavy, light:
+        fallback = FallbackChain(
+            [ModelChoice(model=heavy, weight=3), ModelChoice(model=light, weight=1)],
+            bus=EventBus(),
+            rng=random.Random(11),
+        )
+        served = [(await fallback.complete(Q)).served_by for _ in range(400)]
+    share = served.count("heavy") / len(served)
+    assert 0.67 < share < 0.83  # expected 0.75
+    assert server.count(model="heavy") + server.count(model="light") == 400
+
+
+async def test_context_length_refusal_moves_to_a_larger_window(server: ChaosServer) -> None:
+    small = OpenAIModel("small", api_key="k", base_url=server.url + "/v1")
+    same = OpenAIModel("same", api_key="k", base_url=server.url + "/v1")
+    large = OpenAIModel("large", api_key="k", base_url=server.url + "/v1")
+    server.set_scenario(Step.context_length_exceeded(times=10), route="small")
+    server.set_scenario(Step.ok("fits here"), route="large")
+    async with small, same, large:
+        fallback = FallbackChain(
+            [
+                ModelChoice(model=small, context_window=8_000),
+                ModelChoice(model=same, context_window=8_000),
+                ModelChoice(model=large, context_window=200_000),
+            ],
+            bus=EventBus(),
+            clock=FakeClock(auto_advance=True),
+        )
+        completion = await fallback.complete(Q)
+    assert completion.served_by == "large"
+    assert server.count(model="small") == 1  # never resent the oversized request
+    assert server.count(model="same") == 0
+
+
+async def test_content_policy_refusal_is_not_routed_around(server: ChaosServer) -> None:
+    server.set_scenario(Step.content_filtered(), route="primary")
+    primary, backup = models(server)
+    async with primary, backup:
+        with pytest.raises(ContentPolicyViolation):
+            await chain(primary, backup).complete(Q)
+    assert server.count(model="backup") == 0
