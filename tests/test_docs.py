@@ -48,6 +48,8 @@ def test_every_capability_has_a_page_with_an_example() -> None:
         "distributed-rate-limiting",
         "budgets",
         "redis-and-postgres",
+        "idempotency",
+        "audit-log",
     }
     assert expected <= pages
     with_examples = {name.split("#")[0].removesuffix(".md") for name, _ in blocks()}

@@ -1,6 +1,7 @@
 """State that survives restarts and is shared between processes.
 
-One small protocol per concern (:class:`RateLimitStore`, :class:`BudgetStore`),
+One small protocol per concern (:class:`RateLimitStore`, :class:`BudgetStore`,
+:class:`IdempotencyStore`, :class:`AuditLog`),
 one module per backend -- :class:`MemoryStore`, :class:`SQLStore` (SQLite and
 PostgreSQL), :class:`RedisStore` -- chosen by URL with :func:`open_store`.
 ``store.scoped("tenant-a")`` gives a view that never sees another scope's keys.
@@ -11,6 +12,16 @@ The SQL store (and SQLAlchemy with it) is imported on first use of
 
 import typing as _typing
 
+from bastion.stores._audit import (
+    AuditEntry,
+    AuditLog,
+    AuditPage,
+    AuditProblem,
+    AuditRecord,
+    AuditReport,
+    hash_prompt,
+)
+from bastion.stores._audit_file import JSONLinesAuditLog
 from bastion.stores._base import FailureMode, Store, StoreDegraded
 from bastion.stores._budget import (
     BudgetConfig,
@@ -22,23 +33,44 @@ from bastion.stores._budget_store import BudgetStore, CapCharge, ReserveMode, Re
 from bastion.stores._cache import CacheStore, MemoryCacheStore, RedisCacheStore, open_cache_store
 from bastion.stores._factory import open_store
 from bastion.stores._fixed_window import FixedWindowCounter
+from bastion.stores._idempotency import (
+    Idempotency,
+    IdempotencyConflict,
+    IdempotencyMismatch,
+    fingerprint,
+    not_a_server_error,
+)
+from bastion.stores._idempotency_store import Claim, IdempotencyStore, StoredResponse
 from bastion.stores._memory import MemoryStore
 from bastion.stores._ratelimit import RateLimitStore, WindowSpec
 from bastion.stores._redis import RedisStore
 from bastion.stores._window_log import SlidingWindowLog, WindowDecision
 
 if _typing.TYPE_CHECKING:
+    from bastion.stores._audit_sql import SQLAuditLog
     from bastion.stores._sql import SQLStore, upgrade
 
 __all__ = [
+    "AuditEntry",
+    "AuditLog",
+    "AuditPage",
+    "AuditProblem",
+    "AuditRecord",
+    "AuditReport",
     "BudgetConfig",
     "BudgetEnforcer",
     "BudgetExceeded",
     "BudgetStore",
     "CacheStore",
     "CapCharge",
+    "Claim",
     "FailureMode",
     "FixedWindowCounter",
+    "Idempotency",
+    "IdempotencyConflict",
+    "IdempotencyMismatch",
+    "IdempotencyStore",
+    "JSONLinesAuditLog",
     "MemoryCacheStore",
     "MemoryStore",
     "RateLimitStore",
@@ -47,12 +79,17 @@ __all__ = [
     "Reservation",
     "ReserveMode",
     "ReserveOutcome",
+    "SQLAuditLog",
     "SQLStore",
     "SlidingWindowLog",
     "Store",
     "StoreDegraded",
+    "StoredResponse",
     "WindowDecision",
     "WindowSpec",
+    "fingerprint",
+    "hash_prompt",
+    "not_a_server_error",
     "open_cache_store",
     "open_store",
     "upgrade",
@@ -62,6 +99,10 @@ _LAZY = ("SQLStore", "upgrade")
 
 
 def __getattr__(name: str) -> _typing.Any:
+    if name == "SQLAuditLog":
+        from bastion.stores import _audit_sql
+
+        return _audit_sql.SQLAuditLog
     if name in _LAZY:
         from bastion.stores import _sql
 

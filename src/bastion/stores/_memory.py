@@ -24,6 +24,7 @@ from bastion.stores._budget_store import (
     ReserveOutcome,
     decide_reservation,
 )
+from bastion.stores._idempotency_store import Claim, StoredResponse, claim_of
 from bastion.stores._keys import check_scope, scope_path
 from bastion.stores._ratelimit import WindowSpec
 from bastion.stores._window_log import RateLimitBackend, WindowDecision, check_costs
@@ -52,16 +53,18 @@ class _Cap:
 class _State:
     """Everything a root store and its scoped views share."""
 
-    __slots__ = ("caps", "lock", "logs")
+    __slots__ = ("caps", "idempotency", "lock", "logs")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.logs: dict[WindowSpec, RateLimitBackend] = {}
         self.caps: dict[str, _Cap] = {}
+        self.idempotency: dict[str, tuple[str, float, StoredResponse | None, str]] = {}
+        """key -> (fingerprint, expires_at, response or None while running, owner token)."""
 
 
 class MemoryStore:
-    """Rate limits and budgets in this process's memory (``memory://``)."""
+    """Rate limits, budgets and idempotency keys in this process's memory (``memory://``)."""
 
     __slots__ = ("_clock", "_prefix", "_scope", "_state")
 
@@ -185,3 +188,43 @@ class MemoryStore:
                     del caps[stale]
                 caps[key] = counter
         return counter
+
+    # -- idempotency ---------------------------------------------------------------------------
+
+    async def claim_idempotency_key(
+        self, key: str, fingerprint: str, token: str, *, lock_ttl: float
+    ) -> Claim:
+        records = self._state.idempotency
+        full = self._prefix + key
+        with self._state.lock:
+            now = self._clock.time()
+            stored = records.get(full)
+            claim = claim_of(stored[:3] if stored is not None else None, now)
+            if claim is not None:
+                return claim
+            records[full] = (fingerprint, now + lock_ttl, None, token)
+            if len(records) % 1024 == 0:
+                for stale in [k for k, record in records.items() if record[1] <= now]:
+                    del records[stale]
+                records[full] = (fingerprint, now + lock_ttl, None, token)
+            return Claim("acquired", fingerprint)
+
+    async def store_idempotent_response(
+        self, key: str, token: str, response: StoredResponse, *, ttl: float
+    ) -> bool:
+        records = self._state.idempotency
+        full = self._prefix + key
+        with self._state.lock:
+            stored = records.get(full)
+            if stored is None or stored[3] != token or stored[2] is not None:
+                return False
+            records[full] = (stored[0], self._clock.time() + ttl, response, token)
+            return True
+
+    async def release_idempotency_key(self, key: str, token: str) -> None:
+        records = self._state.idempotency
+        full = self._prefix + key
+        with self._state.lock:
+            stored = records.get(full)
+            if stored is not None and stored[3] == token and stored[2] is None:
+                del records[full]

@@ -38,6 +38,7 @@ from bastion._core.validate import positive_number
 from bastion.stores._base import call_store
 from bastion.stores._budget_store import CapCharge, ReserveMode, ReserveOutcome
 from bastion.stores._coalesce import Coalescer
+from bastion.stores._idempotency_store import Claim, StoredResponse, decode_headers, encode_headers
 from bastion.stores._keys import check_scope, escape, scope_path
 from bastion.stores._ratelimit import WindowSpec
 from bastion.stores._redis_lua import (
@@ -45,6 +46,9 @@ from bastion.stores._redis_lua import (
     BUDGET_RELEASE,
     BUDGET_RESERVE,
     BUDGET_SETTLE,
+    IDEMPOTENCY_CLAIM,
+    IDEMPOTENCY_RELEASE,
+    IDEMPOTENCY_STORE,
     RATE_LIMIT,
 )
 from bastion.stores._window_log import WindowDecision, check_costs, until
@@ -122,6 +126,9 @@ class _Shared:
                 ("settle", BUDGET_SETTLE),
                 ("release", BUDGET_RELEASE),
                 ("committed", BUDGET_COMMITTED),
+                ("idem_claim", IDEMPOTENCY_CLAIM),
+                ("idem_store", IDEMPOTENCY_STORE),
+                ("idem_release", IDEMPOTENCY_RELEASE),
             )
         }
         lost = (errors.ConnectionError, errors.TimeoutError, OSError)
@@ -146,7 +153,7 @@ class _Shared:
 
 
 class RedisStore:
-    """Rate limits and budgets in Redis (``redis://host:port/db``).
+    """Rate limits, budgets and idempotency keys in Redis (``redis://host:port/db``).
 
     Give either ``url`` (the store builds and owns a client whose pool makes callers
     queue for one of ``max_connections`` connections) or ``client``
@@ -317,3 +324,43 @@ class RedisStore:
         script = self._shared.scripts["committed"]
         reply = await self._call("committed", script(keys=self._cap_keys(caps), args=[repr(now)]))
         return tuple(int(v) for v in reply)
+
+    # -- idempotency ---------------------------------------------------------------------------
+
+    def _idempotency_key(self, key: str) -> str:
+        return f"{self._namespace}:idem:{{{self._prefix}{key}}}"
+
+    async def claim_idempotency_key(
+        self, key: str, fingerprint: str, token: str, *, lock_ttl: float
+    ) -> Claim:
+        script = self._shared.scripts["idem_claim"]
+        args = [self._shared.now(), fingerprint, token, repr(lock_ttl)]
+        work = script(keys=[self._idempotency_key(key)], args=args)
+        reply = [
+            part.decode() if isinstance(part, bytes) and i < 4 else part
+            for i, part in enumerate(await self._call("claim_idempotency_key", work))
+        ]
+        state, stored_fingerprint = reply[0], reply[1]
+        if state == "done":
+            body = reply[4]
+            response = StoredResponse(
+                status=int(reply[2]),
+                headers=decode_headers(reply[3]),
+                body=body if isinstance(body, bytes) else str(body).encode(),
+            )
+            return Claim("done", stored_fingerprint, response)
+        return Claim("acquired" if state == "acquired" else "running", stored_fingerprint)
+
+    async def store_idempotent_response(
+        self, key: str, token: str, response: StoredResponse, *, ttl: float
+    ) -> bool:
+        script = self._shared.scripts["idem_store"]
+        args: list[str | int | bytes] = [self._shared.now(), token, repr(ttl), response.status]
+        args += [encode_headers(response.headers), response.body]
+        work = script(keys=[self._idempotency_key(key)], args=args)
+        return int(await self._call("store_idempotent_response", work)) == 1
+
+    async def release_idempotency_key(self, key: str, token: str) -> None:
+        script = self._shared.scripts["idem_release"]
+        work = script(keys=[self._idempotency_key(key)], args=[token])
+        await self._call("release_idempotency_key", work)

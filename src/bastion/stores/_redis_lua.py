@@ -23,7 +23,16 @@ the float rounding rule lives in one place. An empty ``now`` argument means
 
 from __future__ import annotations
 
-__all__ = ["BUDGET_COMMITTED", "BUDGET_RELEASE", "BUDGET_RESERVE", "BUDGET_SETTLE", "RATE_LIMIT"]
+__all__ = [
+    "BUDGET_COMMITTED",
+    "BUDGET_RELEASE",
+    "BUDGET_RESERVE",
+    "BUDGET_SETTLE",
+    "IDEMPOTENCY_CLAIM",
+    "IDEMPOTENCY_RELEASE",
+    "IDEMPOTENCY_STORE",
+    "RATE_LIMIT",
+]
 
 RATE_LIMIT = """
 -- Decides one or more rate-limit calls, each atomically (the script runs as one step).
@@ -331,3 +340,55 @@ end
 return reply
 """
 )
+
+_IDEMPOTENCY_NOW = """
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
+end
+"""
+
+IDEMPOTENCY_CLAIM = (
+    _IDEMPOTENCY_NOW
+    + """
+-- KEYS[1]: the key's hash (fp, token, until, and once done: status, headers, body).
+-- ARGV: now ('' = the server's TIME), fingerprint, token, lock_ttl (seconds).
+-- Reply: {'acquired', fp} | {'running', fp} | {'done', fp, status, headers, body}.
+local r = redis.call('HMGET', KEYS[1], 'fp', 'until', 'status', 'headers', 'body')
+if r[1] and tonumber(r[2]) > now then
+  if r[3] then return {'done', r[1], r[3], r[4], r[5]} end
+  return {'running', r[1]}
+end
+local lock_ttl = tonumber(ARGV[4])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'fp', ARGV[2], 'token', ARGV[3], 'until',
+  string.format('%.17g', now + lock_ttl))
+redis.call('PEXPIRE', KEYS[1], string.format('%d', math.ceil(lock_ttl * 1000)))
+return {'acquired', ARGV[2]}
+"""
+)
+
+IDEMPOTENCY_STORE = (
+    _IDEMPOTENCY_NOW
+    + """
+-- KEYS[1]: the key's hash. ARGV: now, token, ttl (seconds), status, headers, body.
+-- Reply: 1 when the token still owned the running record and the response was stored.
+local r = redis.call('HMGET', KEYS[1], 'token', 'status')
+if r[1] ~= ARGV[2] or r[2] then return 0 end
+local ttl = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'until', string.format('%.17g', now + ttl),
+  'status', ARGV[4], 'headers', ARGV[5], 'body', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], string.format('%d', math.ceil(ttl * 1000)))
+return 1
+"""
+)
+
+IDEMPOTENCY_RELEASE = """
+-- KEYS[1]: the key's hash. ARGV: token. Deletes the running record the token owns.
+local r = redis.call('HMGET', KEYS[1], 'token', 'status')
+if r[1] == ARGV[1] and not r[2] then redis.call('DEL', KEYS[1]) end
+return 1
+"""

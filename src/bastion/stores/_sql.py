@@ -56,6 +56,13 @@ from bastion.stores._budget_store import (
     decide_reservation,
 )
 from bastion.stores._fixed_window import WindowCount, decide_fixed
+from bastion.stores._idempotency_store import (
+    Claim,
+    StoredResponse,
+    claim_of,
+    decode_headers,
+    encode_headers,
+)
 from bastion.stores._keys import check_scope, scope_path
 from bastion.stores._ratelimit import WindowSpec
 from bastion.stores._sql_statements import Statements
@@ -172,7 +179,7 @@ class _Shared:
 
 
 class SQLStore:
-    """Rate limits and budgets in SQLite (``sqlite:///path.db``) or PostgreSQL.
+    """Rate limits, budgets and idempotency keys in SQLite (``sqlite:///path.db``) or PostgreSQL.
 
     ``schema`` (PostgreSQL only) puts every table in that schema instead of
     the user's default one -- it must exist, and be a plain identifier (it
@@ -450,6 +457,81 @@ class SQLStore:
             return tuple(settled.get(key, 0) + held.get(key, 0) for key in keys)
 
         return await self.run("committed", step)
+
+    # -- idempotency ---------------------------------------------------------------------------
+
+    async def claim_idempotency_key(
+        self, key: str, fingerprint: str, token: str, *, lock_ttl: float
+    ) -> Claim:
+        sql = self._shared.statements
+        clock = self._clock
+        full = self._prefix + "idem:" + key
+
+        def step(conn: Connection) -> Claim:
+            now = clock.time()
+            new = {
+                "b_key": full,
+                "b_fingerprint": fingerprint,
+                "b_token": token,
+                "b_expires": now + lock_ttl,
+            }
+            for _ in range(3):
+                if conn.execute(sql.idem_insert, new).first() is not None:
+                    break
+                row = conn.execute(sql.idem_read, {"b_key": full}).first()
+                if row is None:  # its owner released it between the two statements
+                    continue
+                claim = claim_of(_idempotency_record(row), now)
+                if claim is not None:
+                    return claim
+                conn.execute(sql.idem_take, new)
+                break
+            else:
+                msg = f"idempotency key {key!r} kept vanishing while being claimed"
+                raise RuntimeError(msg)
+            self._maybe_sweep(conn, now)
+            return Claim("acquired", fingerprint)
+
+        return await self.run("claim_idempotency_key", step)
+
+    async def store_idempotent_response(
+        self, key: str, token: str, response: StoredResponse, *, ttl: float
+    ) -> bool:
+        sql = self._shared.statements
+        clock = self._clock
+        values = {
+            "b_key": self._prefix + "idem:" + key,
+            "b_token": token,
+            "b_status": response.status,
+            "b_headers": encode_headers(response.headers),
+            "b_body": response.body,
+        }
+
+        def step(conn: Connection) -> bool:
+            row = {**values, "b_expires": clock.time() + ttl}
+            return conn.execute(sql.idem_store, row).first() is not None
+
+        return await self.run("store_idempotent_response", step)
+
+    async def release_idempotency_key(self, key: str, token: str) -> None:
+        sql = self._shared.statements
+        row = {"b_key": self._prefix + "idem:" + key, "b_token": token}
+
+        def step(conn: Connection) -> None:
+            conn.execute(sql.idem_release, row)
+
+        await self.run("release_idempotency_key", step)
+
+
+def _idempotency_record(row: Any) -> tuple[str, float, StoredResponse | None]:
+    """``(fingerprint, expires_at, response)`` of a stored idempotency row."""
+    fingerprint, expires_at, status, headers, body = row
+    response = None
+    if status is not None:
+        response = StoredResponse(
+            status=int(status), body=bytes(body or b""), headers=decode_headers(headers or "[]")
+        )
+    return str(fingerprint), float(expires_at), response
 
 
 def _decide(

@@ -11,9 +11,29 @@ Money is ``BIGINT`` micro-dollars; times are epoch seconds as ``DOUBLE``.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Double, Index, MetaData, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+)
 
-__all__ = ["METADATA", "VERSION_TABLE", "budget_caps", "budget_holds", "rate_limits"]
+__all__ = [
+    "METADATA",
+    "VERSION_TABLE",
+    "audit_heads",
+    "audit_log",
+    "budget_caps",
+    "budget_holds",
+    "idempotency_keys",
+    "rate_limits",
+]
 
 VERSION_TABLE = "bastion_alembic_version"
 """Alembic's bookkeeping table, named so it never collides with an application's own."""
@@ -50,3 +70,55 @@ budget_holds = Table(
     Index("ix_bastion_budget_holds_cap", "cap_key", "hold_until"),
 )
 """One row per reservation and cap it holds money on, until ``hold_until``."""
+
+idempotency_keys = Table(
+    "bastion_idempotency_keys",
+    METADATA,
+    Column("key", Text, primary_key=True),
+    Column("fingerprint", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("status", Integer, nullable=True),
+    Column("headers", Text, nullable=True),
+    Column("body", LargeBinary, nullable=True),
+    Index("ix_bastion_idempotency_keys_expires_at", "expires_at"),
+)
+"""One row per idempotency key: running while ``status`` is NULL (its lock lapses at
+``expires_at``), done once the response is stored (kept until ``expires_at``)."""
+
+audit_log = Table(
+    "bastion_audit_log",
+    METADATA,
+    Column("chain", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("id", Text, nullable=False),
+    Column("timestamp", Double, nullable=False),
+    Column("method", Text, nullable=True),
+    Column("path", Text, nullable=True),
+    Column("status", Integer, nullable=True),
+    Column("agent_name", Text, nullable=True),
+    Column("session_id", Text, nullable=True),
+    Column("user_id", Text, nullable=True),
+    Column("tenant_id", Text, nullable=True),
+    Column("prompt_hash", Text, nullable=True),
+    Column("tools_called", Text, nullable=False),
+    Column("finish_reason", Text, nullable=True),
+    Column("duration_ms", Double, nullable=True),
+    Column("cost_usd", Text, nullable=True),
+    Column("idempotency_key", Text, nullable=True),
+    Column("idempotency_hit", Boolean, nullable=True),
+    Column("prev_hash", Text, nullable=False),
+    Column("hash", Text, nullable=False),
+    Index("ix_bastion_audit_log_chain_timestamp", "chain", "timestamp"),
+)
+"""One row per audit record; ``chain`` is the scope path (each scope keeps its own chain),
+``tools_called`` a JSON list, ``cost_usd`` an exact decimal string."""
+
+audit_heads = Table(
+    "bastion_audit_heads",
+    METADATA,
+    Column("chain", Text, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", Text, nullable=False),
+)
+"""The last record of each chain: locked by every append, so appends form one chain."""

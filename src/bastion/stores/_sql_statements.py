@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bastion.stores._sql_schema import budget_caps, budget_holds, rate_limits
+from bastion.stores._sql_schema import budget_caps, budget_holds, idempotency_keys, rate_limits
 
 __all__ = ["Statements"]
 
@@ -104,9 +104,61 @@ class Statements:
             holds.c.reservation == reservation, holds.c.cap_key.in_(keys)
         )
 
+        idem = idempotency_keys
+        key: Any = sa.bindparam("b_key")
+        token: Any = sa.bindparam("b_token")
+        self.idem_insert = (
+            upsert(idem)
+            .values(
+                key=key,
+                fingerprint=sa.bindparam("b_fingerprint"),
+                token=token,
+                expires_at=sa.bindparam("b_expires"),
+            )
+            .on_conflict_do_nothing()
+            .returning(idem.c.key)
+        )
+        """A running record for a key no one holds; returns nothing when the key exists."""
+        self.idem_read = (
+            sa.select(
+                idem.c.fingerprint, idem.c.expires_at, idem.c.status, idem.c.headers, idem.c.body
+            )
+            .where(idem.c.key == key)
+            .with_for_update()
+        )
+        """An existing record, locked until the transaction ends."""
+        self.idem_take = (
+            sa.update(idem)
+            .where(idem.c.key == key)
+            .values(
+                fingerprint=sa.bindparam("b_fingerprint"),
+                token=token,
+                expires_at=sa.bindparam("b_expires"),
+                status=None,
+                headers=None,
+                body=None,
+            )
+        )
+        """Turn an expired record (locked by ``idem_read``) into a new running one."""
+        self.idem_store = (
+            sa.update(idem)
+            .where(idem.c.key == key, idem.c.token == token, idem.c.status.is_(None))
+            .values(
+                expires_at=sa.bindparam("b_expires"),
+                status=sa.bindparam("b_status"),
+                headers=sa.bindparam("b_headers"),
+                body=sa.bindparam("b_body"),
+            )
+            .returning(idem.c.key)
+        )
+        self.idem_release = sa.delete(idem).where(
+            idem.c.key == key, idem.c.token == token, idem.c.status.is_(None)
+        )
+
         self.sweeps = (
             sa.delete(limits).where(limits.c.expires_at <= now),
             sa.delete(holds).where(holds.c.hold_until <= now),
             sa.delete(caps).where(caps.c.expires_at <= now),
+            sa.delete(idem).where(idem.c.expires_at <= now),
         )
         """What has expired by ``b_now``, to delete every so often."""
