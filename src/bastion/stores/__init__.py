@@ -1,7 +1,7 @@
 """State that survives restarts and is shared between processes.
 
 One small protocol per concern (:class:`RateLimitStore`, :class:`BudgetStore`,
-:class:`IdempotencyStore`, :class:`AuditLog`),
+:class:`IdempotencyStore`, :class:`CheckpointStore`, :class:`AuditLog`),
 one module per backend -- :class:`MemoryStore`, :class:`SQLStore` (SQLite and
 PostgreSQL), :class:`RedisStore` -- chosen by URL with :func:`open_store`.
 ``store.scoped("tenant-a")`` gives a view that never sees another scope's keys.
@@ -31,6 +31,8 @@ from bastion.stores._budget import (
 )
 from bastion.stores._budget_store import BudgetStore, CapCharge, ReserveMode, ReserveOutcome
 from bastion.stores._cache import CacheStore, MemoryCacheStore, RedisCacheStore, open_cache_store
+from bastion.stores._checkpoint_store import Checkpoint, CheckpointStore
+from bastion.stores._checkpoints import Checkpoints, SavedState
 from bastion.stores._factory import open_store
 from bastion.stores._fixed_window import FixedWindowCounter
 from bastion.stores._idempotency import (
@@ -63,6 +65,9 @@ __all__ = [
     "BudgetStore",
     "CacheStore",
     "CapCharge",
+    "Checkpoint",
+    "CheckpointStore",
+    "Checkpoints",
     "Claim",
     "FailureMode",
     "FixedWindowCounter",
@@ -81,6 +86,7 @@ __all__ = [
     "ReserveOutcome",
     "SQLAuditLog",
     "SQLStore",
+    "SavedState",
     "SlidingWindowLog",
     "Store",
     "StoreDegraded",

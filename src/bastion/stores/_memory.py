@@ -24,6 +24,7 @@ from bastion.stores._budget_store import (
     ReserveOutcome,
     decide_reservation,
 )
+from bastion.stores._checkpoint_store import Checkpoint, newer_or_same
 from bastion.stores._idempotency_store import Claim, StoredResponse, claim_of
 from bastion.stores._keys import check_scope, scope_path
 from bastion.stores._ratelimit import WindowSpec
@@ -53,7 +54,7 @@ class _Cap:
 class _State:
     """Everything a root store and its scoped views share."""
 
-    __slots__ = ("caps", "idempotency", "lock", "logs")
+    __slots__ = ("caps", "checkpoints", "idempotency", "lock", "logs")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -61,10 +62,12 @@ class _State:
         self.caps: dict[str, _Cap] = {}
         self.idempotency: dict[str, tuple[str, float, StoredResponse | None, str]] = {}
         """key -> (fingerprint, expires_at, response or None while running, owner token)."""
+        self.checkpoints: dict[str, tuple[Checkpoint, float | None]] = {}
+        """key -> (checkpoint, expires_at or None for never)."""
 
 
 class MemoryStore:
-    """Rate limits, budgets and idempotency keys in this process's memory (``memory://``)."""
+    """Rate limits, budgets, idempotency keys and checkpoints in this process's memory."""
 
     __slots__ = ("_clock", "_prefix", "_scope", "_state")
 
@@ -228,3 +231,37 @@ class MemoryStore:
             stored = records.get(full)
             if stored is not None and stored[3] == token and stored[2] is None:
                 del records[full]
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _live_checkpoint(self, full: str, now: float) -> Checkpoint | None:
+        """The unexpired checkpoint under ``full``; lock held."""
+        stored = self._state.checkpoints.get(full)
+        if stored is None or (stored[1] is not None and stored[1] <= now):
+            return None
+        return stored[0]
+
+    async def save_checkpoint(
+        self, run_id: str, step: int, state: bytes, *, ttl: float | None
+    ) -> bool:
+        records = self._state.checkpoints
+        full = self._prefix + run_id
+        with self._state.lock:
+            now = self._clock.time()
+            live = self._live_checkpoint(full, now)
+            if not newer_or_same(None if live is None else live.step, step):
+                return False
+            checkpoint = Checkpoint(run_id=run_id, step=step, state=bytes(state), saved_at=now)
+            records[full] = (checkpoint, None if ttl is None else now + ttl)
+            if len(records) % 1024 == 0:
+                for stale in [k for k, (_, until) in records.items() if until and until <= now]:
+                    del records[stale]
+            return True
+
+    async def load_checkpoint(self, run_id: str) -> Checkpoint | None:
+        with self._state.lock:
+            return self._live_checkpoint(self._prefix + run_id, self._clock.time())
+
+    async def delete_checkpoint(self, run_id: str) -> None:
+        with self._state.lock:
+            self._state.checkpoints.pop(self._prefix + run_id, None)

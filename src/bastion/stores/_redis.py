@@ -37,6 +37,7 @@ from bastion._core.errors import ConfigurationError
 from bastion._core.validate import positive_number
 from bastion.stores._base import call_store
 from bastion.stores._budget_store import CapCharge, ReserveMode, ReserveOutcome
+from bastion.stores._checkpoint_store import Checkpoint
 from bastion.stores._coalesce import Coalescer
 from bastion.stores._idempotency_store import Claim, StoredResponse, decode_headers, encode_headers
 from bastion.stores._keys import check_scope, escape, scope_path
@@ -46,6 +47,8 @@ from bastion.stores._redis_lua import (
     BUDGET_RELEASE,
     BUDGET_RESERVE,
     BUDGET_SETTLE,
+    CHECKPOINT_LOAD,
+    CHECKPOINT_SAVE,
     IDEMPOTENCY_CLAIM,
     IDEMPOTENCY_RELEASE,
     IDEMPOTENCY_STORE,
@@ -129,6 +132,8 @@ class _Shared:
                 ("idem_claim", IDEMPOTENCY_CLAIM),
                 ("idem_store", IDEMPOTENCY_STORE),
                 ("idem_release", IDEMPOTENCY_RELEASE),
+                ("ckpt_save", CHECKPOINT_SAVE),
+                ("ckpt_load", CHECKPOINT_LOAD),
             )
         }
         lost = (errors.ConnectionError, errors.TimeoutError, OSError)
@@ -153,7 +158,7 @@ class _Shared:
 
 
 class RedisStore:
-    """Rate limits, budgets and idempotency keys in Redis (``redis://host:port/db``).
+    """Rate limits, budgets, idempotency keys and checkpoints in Redis (``redis://host:port/db``).
 
     Give either ``url`` (the store builds and owns a client whose pool makes callers
     queue for one of ``max_connections`` connections) or ``client``
@@ -364,3 +369,35 @@ class RedisStore:
         script = self._shared.scripts["idem_release"]
         work = script(keys=[self._idempotency_key(key)], args=[token])
         await self._call("release_idempotency_key", work)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _checkpoint_key(self, run_id: str) -> str:
+        return f"{self._namespace}:ckpt:{{{self._prefix}{run_id}}}"
+
+    async def save_checkpoint(
+        self, run_id: str, step: int, state: bytes, *, ttl: float | None
+    ) -> bool:
+        script = self._shared.scripts["ckpt_save"]
+        args: list[str | bytes] = [self._shared.now(), str(step), state]
+        args.append("" if ttl is None else repr(ttl))
+        work = script(keys=[self._checkpoint_key(run_id)], args=args)
+        return int(await self._call("save_checkpoint", work)) == 1
+
+    async def load_checkpoint(self, run_id: str) -> Checkpoint | None:
+        script = self._shared.scripts["ckpt_load"]
+        work = script(keys=[self._checkpoint_key(run_id)], args=[self._shared.now()])
+        reply = await self._call("load_checkpoint", work)
+        if not reply:
+            return None
+        step, state, saved_at = reply
+        return Checkpoint(
+            run_id=run_id,
+            step=int(step),
+            state=state if isinstance(state, bytes) else str(state).encode(),
+            saved_at=float(saved_at),
+        )
+
+    async def delete_checkpoint(self, run_id: str) -> None:
+        work = self._shared.client.delete(self._checkpoint_key(run_id))
+        await self._call("delete_checkpoint", work)

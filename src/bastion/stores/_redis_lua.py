@@ -28,6 +28,8 @@ __all__ = [
     "BUDGET_RELEASE",
     "BUDGET_RESERVE",
     "BUDGET_SETTLE",
+    "CHECKPOINT_LOAD",
+    "CHECKPOINT_SAVE",
     "IDEMPOTENCY_CLAIM",
     "IDEMPOTENCY_RELEASE",
     "IDEMPOTENCY_STORE",
@@ -392,3 +394,37 @@ local r = redis.call('HMGET', KEYS[1], 'token', 'status')
 if r[1] == ARGV[1] and not r[2] then redis.call('DEL', KEYS[1]) end
 return 1
 """
+
+CHECKPOINT_SAVE = (
+    _IDEMPOTENCY_NOW
+    + """
+-- KEYS[1]: the run's hash (step, state, at, until ('' = never)).
+-- ARGV: now ('' = the server's TIME), step, state, ttl (seconds; '' = never).
+-- Reply: 1 when saved; 0 when a live checkpoint has a higher step (a save never rolls back).
+local r = redis.call('HMGET', KEYS[1], 'step', 'until')
+if r[1] and (r[2] == '' or tonumber(r[2]) > now) and tonumber(r[1]) > tonumber(ARGV[2]) then
+  return 0
+end
+local expires = ''
+if ARGV[4] ~= '' then expires = string.format('%.17g', now + tonumber(ARGV[4])) end
+redis.call('HSET', KEYS[1], 'step', ARGV[2], 'state', ARGV[3],
+  'at', string.format('%.17g', now), 'until', expires)
+if ARGV[4] == '' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], string.format('%d', math.ceil(tonumber(ARGV[4]) * 1000)))
+end
+return 1
+"""
+)
+
+CHECKPOINT_LOAD = (
+    _IDEMPOTENCY_NOW
+    + """
+-- KEYS[1]: the run's hash. ARGV: now ('' = the server's TIME).
+-- Reply: {step, state, saved_at} of a live checkpoint, or an empty list.
+local r = redis.call('HMGET', KEYS[1], 'step', 'state', 'at', 'until')
+if not r[1] or (r[4] ~= '' and tonumber(r[4]) <= now) then return {} end
+return {r[1], r[2], r[3]}
+"""
+)

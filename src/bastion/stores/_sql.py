@@ -55,6 +55,7 @@ from bastion.stores._budget_store import (
     ReserveOutcome,
     decide_reservation,
 )
+from bastion.stores._checkpoint_store import Checkpoint
 from bastion.stores._fixed_window import WindowCount, decide_fixed
 from bastion.stores._idempotency_store import (
     Claim,
@@ -179,7 +180,9 @@ class _Shared:
 
 
 class SQLStore:
-    """Rate limits, budgets and idempotency keys in SQLite (``sqlite:///path.db``) or PostgreSQL.
+    """Rate limits, budgets, idempotency keys, checkpoints in SQLite or PostgreSQL.
+
+    URLs: ``sqlite:///path.db`` or ``postgresql://...``.
 
     ``schema`` (PostgreSQL only) puts every table in that schema instead of
     the user's default one -- it must exist, and be a plain identifier (it
@@ -521,6 +524,49 @@ class SQLStore:
             conn.execute(sql.idem_release, row)
 
         await self.run("release_idempotency_key", step)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    async def save_checkpoint(
+        self, run_id: str, step: int, state: bytes, *, ttl: float | None
+    ) -> bool:
+        sql = self._shared.statements
+        clock = self._clock
+        values = {"b_key": self._prefix + "ckpt:" + run_id, "b_step": step, "b_state": state}
+
+        def write(conn: Connection) -> bool:
+            now = clock.time()
+            row = {**values, "b_now": now, "b_expires": None if ttl is None else now + ttl}
+            saved = conn.execute(sql.ckpt_save, row).first() is not None
+            self._maybe_sweep(conn, now)
+            return saved
+
+        return await self.run("save_checkpoint", write)
+
+    async def load_checkpoint(self, run_id: str) -> Checkpoint | None:
+        sql = self._shared.statements
+        clock = self._clock
+        full = self._prefix + "ckpt:" + run_id
+
+        def step(conn: Connection) -> Checkpoint | None:
+            row = conn.execute(sql.ckpt_load, {"b_key": full, "b_now": clock.time()}).first()
+            if row is None:
+                return None
+            stored_step, state, saved_at = row
+            return Checkpoint(
+                run_id=run_id, step=int(stored_step), state=bytes(state), saved_at=float(saved_at)
+            )
+
+        return await self.run("load_checkpoint", step)
+
+    async def delete_checkpoint(self, run_id: str) -> None:
+        sql = self._shared.statements
+        row = {"b_key": self._prefix + "ckpt:" + run_id}
+
+        def step(conn: Connection) -> None:
+            conn.execute(sql.ckpt_delete, row)
+
+        await self.run("delete_checkpoint", step)
 
 
 def _idempotency_record(row: Any) -> tuple[str, float, StoredResponse | None]:

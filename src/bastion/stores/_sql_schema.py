@@ -31,6 +31,7 @@ __all__ = [
     "audit_log",
     "budget_caps",
     "budget_holds",
+    "checkpoints",
     "idempotency_keys",
     "rate_limits",
 ]
@@ -122,3 +123,15 @@ audit_heads = Table(
     Column("hash", Text, nullable=False),
 )
 """The last record of each chain: locked by every append, so appends form one chain."""
+
+checkpoints = Table(
+    "bastion_checkpoints",
+    METADATA,
+    Column("key", Text, primary_key=True),
+    Column("step", BigInteger, nullable=False),
+    Column("state", LargeBinary, nullable=False),
+    Column("saved_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=True),
+    Index("ix_bastion_checkpoints_expires_at", "expires_at"),
+)
+"""One row per run: its latest step and state; ``expires_at`` NULL keeps it until deleted."""

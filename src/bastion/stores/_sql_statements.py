@@ -16,7 +16,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bastion.stores._sql_schema import budget_caps, budget_holds, idempotency_keys, rate_limits
+from bastion.stores._sql_schema import (
+    budget_caps,
+    budget_holds,
+    checkpoints,
+    idempotency_keys,
+    rate_limits,
+)
 
 __all__ = ["Statements"]
 
@@ -155,10 +161,36 @@ class Statements:
             idem.c.key == key, idem.c.token == token, idem.c.status.is_(None)
         )
 
+        ckpt = checkpoints
+        insert_ckpt = upsert(ckpt).values(
+            key=key,
+            step=sa.bindparam("b_step"),
+            state=sa.bindparam("b_state"),
+            saved_at=now,
+            expires_at=sa.bindparam("b_expires"),
+        )
+        self.ckpt_save = insert_ckpt.on_conflict_do_update(
+            index_elements=[ckpt.c.key],
+            set_={
+                "step": insert_ckpt.excluded.step,
+                "state": insert_ckpt.excluded.state,
+                "saved_at": insert_ckpt.excluded.saved_at,
+                "expires_at": insert_ckpt.excluded.expires_at,
+            },
+            where=sa.or_(ckpt.c.step <= insert_ckpt.excluded.step, ckpt.c.expires_at <= now),
+        ).returning(ckpt.c.key)
+        """Save a checkpoint unless a live one has a higher step: one atomic upsert (the
+        conflicting row is locked while its condition is checked); returns nothing if refused."""
+        self.ckpt_load = sa.select(ckpt.c.step, ckpt.c.state, ckpt.c.saved_at).where(
+            ckpt.c.key == key, sa.or_(ckpt.c.expires_at.is_(None), ckpt.c.expires_at > now)
+        )
+        self.ckpt_delete = sa.delete(ckpt).where(ckpt.c.key == key)
+
         self.sweeps = (
             sa.delete(limits).where(limits.c.expires_at <= now),
             sa.delete(holds).where(holds.c.hold_until <= now),
             sa.delete(caps).where(caps.c.expires_at <= now),
             sa.delete(idem).where(idem.c.expires_at <= now),
+            sa.delete(ckpt).where(ckpt.c.expires_at <= now),
         )
         """What has expired by ``b_now``, to delete every so often."""
