@@ -51,6 +51,7 @@ def test_every_capability_has_a_page_with_an_example() -> None:
         "idempotency",
         "audit-log",
         "checkpoints",
+        "sessions",
     }
     assert expected <= pages
     with_examples = {name.split("#")[0].removesuffix(".md") for name, _ in blocks()}

@@ -1,7 +1,8 @@
 """State that survives restarts and is shared between processes.
 
 One small protocol per concern (:class:`RateLimitStore`, :class:`BudgetStore`,
-:class:`IdempotencyStore`, :class:`CheckpointStore`, :class:`AuditLog`),
+:class:`IdempotencyStore`, :class:`CheckpointStore`, :class:`SessionStore`,
+:class:`AuditLog`),
 one module per backend -- :class:`MemoryStore`, :class:`SQLStore` (SQLite and
 PostgreSQL), :class:`RedisStore` -- chosen by URL with :func:`open_store`.
 ``store.scoped("tenant-a")`` gives a view that never sees another scope's keys.
@@ -46,6 +47,8 @@ from bastion.stores._idempotency_store import Claim, IdempotencyStore, StoredRes
 from bastion.stores._memory import MemoryStore
 from bastion.stores._ratelimit import RateLimitStore, WindowSpec
 from bastion.stores._redis import RedisStore
+from bastion.stores._session_store import SessionData, SessionNotFound, SessionPage, SessionStore
+from bastion.stores._sessions import Conversation, Sessions, SessionSweeper
 from bastion.stores._window_log import SlidingWindowLog, WindowDecision
 
 if _typing.TYPE_CHECKING:
@@ -69,6 +72,7 @@ __all__ = [
     "CheckpointStore",
     "Checkpoints",
     "Claim",
+    "Conversation",
     "FailureMode",
     "FixedWindowCounter",
     "Idempotency",
@@ -87,6 +91,12 @@ __all__ = [
     "SQLAuditLog",
     "SQLStore",
     "SavedState",
+    "SessionData",
+    "SessionNotFound",
+    "SessionPage",
+    "SessionStore",
+    "SessionSweeper",
+    "Sessions",
     "SlidingWindowLog",
     "Store",
     "StoreDegraded",

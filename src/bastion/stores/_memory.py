@@ -28,6 +28,7 @@ from bastion.stores._checkpoint_store import Checkpoint, newer_or_same
 from bastion.stores._idempotency_store import Claim, StoredResponse, claim_of
 from bastion.stores._keys import check_scope, scope_path
 from bastion.stores._ratelimit import WindowSpec
+from bastion.stores._session_store import SessionData, SessionNotFound, SessionPage, page_of
 from bastion.stores._window_log import RateLimitBackend, WindowDecision, check_costs
 
 __all__ = ["MemoryStore"]
@@ -54,7 +55,7 @@ class _Cap:
 class _State:
     """Everything a root store and its scoped views share."""
 
-    __slots__ = ("caps", "checkpoints", "idempotency", "lock", "logs")
+    __slots__ = ("caps", "checkpoints", "idempotency", "lock", "logs", "sessions")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -64,10 +65,25 @@ class _State:
         """key -> (fingerprint, expires_at, response or None while running, owner token)."""
         self.checkpoints: dict[str, tuple[Checkpoint, float | None]] = {}
         """key -> (checkpoint, expires_at or None for never)."""
+        self.sessions: dict[str, dict[str, _Session]] = {}
+        """scope path -> session id -> session."""
+
+
+class _Session:
+    """One conversation: its metadata, its messages, and how long it lives after a write."""
+
+    __slots__ = ("created_at", "expires_at", "messages", "metadata", "ttl")
+
+    def __init__(self, metadata: bytes, created_at: float, ttl: float) -> None:
+        self.metadata = metadata
+        self.messages: list[bytes] = []
+        self.created_at = created_at
+        self.ttl = ttl
+        self.expires_at = created_at + ttl
 
 
 class MemoryStore:
-    """Rate limits, budgets, idempotency keys and checkpoints in this process's memory."""
+    """Rate limits, budgets, idempotency keys, checkpoints and sessions in this process's memory."""
 
     __slots__ = ("_clock", "_prefix", "_scope", "_state")
 
@@ -265,3 +281,64 @@ class MemoryStore:
     async def delete_checkpoint(self, run_id: str) -> None:
         with self._state.lock:
             self._state.checkpoints.pop(self._prefix + run_id, None)
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def _live_session(self, session_id: str, now: float) -> _Session | None:
+        """The unexpired session ``session_id`` of this scope; lock held."""
+        session = self._state.sessions.get(self._prefix, {}).get(session_id)
+        if session is None or session.expires_at <= now:
+            return None
+        return session
+
+    async def create_session(self, session_id: str, *, ttl: float, metadata: bytes) -> None:
+        with self._state.lock:
+            sessions = self._state.sessions.setdefault(self._prefix, {})
+            sessions[session_id] = _Session(bytes(metadata), self._clock.time(), ttl)
+
+    async def append_messages(self, session_id: str, messages: list[bytes]) -> int:
+        with self._state.lock:
+            now = self._clock.time()
+            session = self._live_session(session_id, now)
+            if session is None:
+                raise SessionNotFound(session_id)
+            session.messages.extend(bytes(message) for message in messages)
+            session.expires_at = now + session.ttl
+            return len(session.messages)
+
+    async def load_session(self, session_id: str) -> SessionData | None:
+        with self._state.lock:
+            session = self._live_session(session_id, self._clock.time())
+            if session is None:
+                return None
+            return SessionData(
+                session_id=session_id,
+                metadata=session.metadata,
+                messages=tuple(session.messages),
+                created_at=session.created_at,
+                expires_at=session.expires_at,
+            )
+
+    async def list_sessions(self, *, limit: int, cursor: str | None) -> SessionPage:
+        with self._state.lock:
+            now = self._clock.time()
+            sessions = self._state.sessions.get(self._prefix, {})
+            ids = sorted(
+                session_id
+                for session_id, session in sessions.items()
+                if session.expires_at > now and (cursor is None or session_id > cursor)
+            )
+        return page_of(ids[: limit + 1], limit)
+
+    async def delete_session(self, session_id: str) -> None:
+        with self._state.lock:
+            self._state.sessions.get(self._prefix, {}).pop(session_id, None)
+
+    async def sweep_sessions(self, now: float) -> int:
+        swept = 0
+        with self._state.lock:
+            for sessions in self._state.sessions.values():
+                for session_id in [k for k, s in sessions.items() if s.expires_at <= now]:
+                    del sessions[session_id]
+                    swept += 1
+        return swept

@@ -53,7 +53,13 @@ from bastion.stores._redis_lua import (
     IDEMPOTENCY_RELEASE,
     IDEMPOTENCY_STORE,
     RATE_LIMIT,
+    SESSION_APPEND,
+    SESSION_CREATE,
+    SESSION_DELETE,
+    SESSION_LIST,
+    SESSION_LOAD,
 )
+from bastion.stores._session_store import SessionData, SessionNotFound, SessionPage, page_of
 from bastion.stores._window_log import WindowDecision, check_costs, until
 
 if TYPE_CHECKING:
@@ -134,6 +140,11 @@ class _Shared:
                 ("idem_release", IDEMPOTENCY_RELEASE),
                 ("ckpt_save", CHECKPOINT_SAVE),
                 ("ckpt_load", CHECKPOINT_LOAD),
+                ("sess_create", SESSION_CREATE),
+                ("sess_append", SESSION_APPEND),
+                ("sess_load", SESSION_LOAD),
+                ("sess_list", SESSION_LIST),
+                ("sess_delete", SESSION_DELETE),
             )
         }
         lost = (errors.ConnectionError, errors.TimeoutError, OSError)
@@ -158,7 +169,9 @@ class _Shared:
 
 
 class RedisStore:
-    """Rate limits, budgets, idempotency keys and checkpoints in Redis (``redis://host:port/db``).
+    """Rate limits, budgets, idempotency keys, checkpoints and sessions in Redis.
+
+    ``redis://host:port/db``.
 
     Give either ``url`` (the store builds and owns a client whose pool makes callers
     queue for one of ``max_connections`` connections) or ``client``
@@ -401,3 +414,59 @@ class RedisStore:
     async def delete_checkpoint(self, run_id: str) -> None:
         work = self._shared.client.delete(self._checkpoint_key(run_id))
         await self._call("delete_checkpoint", work)
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def _session_keys(self, session_id: str) -> list[str]:
+        """The session's hash, its message list and the scope's index (one hash slot)."""
+        base = f"{self._namespace}:sess:{{{self._prefix}}}"
+        return [f"{base}:h:{session_id}", f"{base}:m:{session_id}", f"{base}:idx"]
+
+    async def create_session(self, session_id: str, *, ttl: float, metadata: bytes) -> None:
+        script = self._shared.scripts["sess_create"]
+        args: list[str | bytes] = [self._shared.now(), repr(ttl), metadata, session_id]
+        await self._call("create_session", script(keys=self._session_keys(session_id), args=args))
+
+    async def append_messages(self, session_id: str, messages: list[bytes]) -> int:
+        script = self._shared.scripts["sess_append"]
+        args: list[str | bytes] = [self._shared.now(), *messages]
+        work = script(keys=self._session_keys(session_id), args=args)
+        length = int(await self._call("append_messages", work))
+        if length < 0:
+            raise SessionNotFound(session_id)
+        return length
+
+    async def load_session(self, session_id: str) -> SessionData | None:
+        script = self._shared.scripts["sess_load"]
+        work = script(keys=self._session_keys(session_id)[:2], args=[self._shared.now()])
+        reply = await self._call("load_session", work)
+        if not reply:
+            return None
+        metadata, created_at, expires_at, messages = reply
+        return SessionData(
+            session_id=session_id,
+            metadata=_bytes(metadata),
+            messages=tuple(_bytes(message) for message in messages),
+            created_at=float(created_at),
+            expires_at=float(expires_at),
+        )
+
+    async def list_sessions(self, *, limit: int, cursor: str | None) -> SessionPage:
+        script = self._shared.scripts["sess_list"]
+        hash_key, _, index = self._session_keys("")
+        args = [self._shared.now(), cursor or "", str(limit + 1), hash_key]
+        reply = await self._call("list_sessions", script(keys=[index], args=args))
+        return page_of([_bytes(item).decode() for item in reply], limit)
+
+    async def delete_session(self, session_id: str) -> None:
+        script = self._shared.scripts["sess_delete"]
+        work = script(keys=self._session_keys(session_id), args=[session_id])
+        await self._call("delete_session", work)
+
+    async def sweep_sessions(self, now: float) -> int:
+        """Nothing to do: Redis expires a session's keys itself (the index tidies on listing)."""
+        return 0
+
+
+def _bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()

@@ -34,6 +34,11 @@ __all__ = [
     "IDEMPOTENCY_RELEASE",
     "IDEMPOTENCY_STORE",
     "RATE_LIMIT",
+    "SESSION_APPEND",
+    "SESSION_CREATE",
+    "SESSION_DELETE",
+    "SESSION_LIST",
+    "SESSION_LOAD",
 ]
 
 RATE_LIMIT = """
@@ -428,3 +433,96 @@ if not r[1] or (r[4] ~= '' and tonumber(r[4]) <= now) then return {} end
 return {r[1], r[2], r[3]}
 """
 )
+
+_SESSION_EXPIRE = """
+-- Keeps the scope's session index at least as long as its longest-lived session.
+local function keep_index(index, ms)
+  local left = redis.call('PTTL', index)
+  if left >= 0 and left < ms then redis.call('PEXPIRE', index, ms) end
+  if left == -1 then redis.call('PEXPIRE', index, ms) end
+end
+"""
+
+SESSION_CREATE = (
+    _IDEMPOTENCY_NOW
+    + _SESSION_EXPIRE
+    + """
+-- KEYS: the session's hash (meta, at, until, ttl), its message list, the scope's index zset.
+-- ARGV: now ('' = the server's TIME), ttl (seconds), metadata, session id.
+-- Starts the session afresh (an old one's messages go); the hash expires after ttl.
+local ms = math.ceil(tonumber(ARGV[2]) * 1000)
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], 'meta', ARGV[3], 'at', string.format('%.17g', now),
+  'until', string.format('%.17g', now + tonumber(ARGV[2])), 'ttl', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ms)
+redis.call('ZADD', KEYS[3], 0, ARGV[4])
+keep_index(KEYS[3], ms)
+return 1
+"""
+)
+
+SESSION_APPEND = (
+    _IDEMPOTENCY_NOW
+    + _SESSION_EXPIRE
+    + """
+-- KEYS: the session's hash, its message list, the scope's index. ARGV: now, message1..N.
+-- Reply: the new number of messages, or -1 when the session is missing or expired. Both keys
+-- get the same fresh expiry, so the list never outlives (or dies before) its hash.
+local r = redis.call('HMGET', KEYS[1], 'until', 'ttl')
+if not r[1] or tonumber(r[1]) <= now then return -1 end
+local ttl = tonumber(r[2])
+local length = redis.call('LLEN', KEYS[2])
+if #ARGV > 1 then length = redis.call('RPUSH', KEYS[2], unpack(ARGV, 2)) end
+local ms = math.ceil(ttl * 1000)
+redis.call('HSET', KEYS[1], 'until', string.format('%.17g', now + ttl))
+redis.call('PEXPIRE', KEYS[1], ms)
+if length > 0 then redis.call('PEXPIRE', KEYS[2], ms) end
+keep_index(KEYS[3], ms)
+return length
+"""
+)
+
+SESSION_LOAD = (
+    _IDEMPOTENCY_NOW
+    + """
+-- KEYS: the session's hash, its message list. ARGV: now.
+-- Reply: {metadata, created_at, expires_at, {messages...}} of a live session, or an empty list.
+local r = redis.call('HMGET', KEYS[1], 'meta', 'at', 'until')
+if not r[1] or tonumber(r[3]) <= now then return {} end
+return {r[1], r[2], r[3], redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+)
+
+SESSION_LIST = (
+    _IDEMPOTENCY_NOW
+    + """
+-- KEYS: the scope's index zset (members: session ids, all scored 0, so ordered by id).
+-- ARGV: now, cursor ('' = from the start), count wanted, the hash key prefix of the scope.
+-- Reply: up to count live ids after the cursor. Ids whose hash Redis has expired leave the index.
+local start = '-'
+if ARGV[2] ~= '' then start = '(' .. ARGV[2] end
+local want = tonumber(ARGV[3])
+local found = {}
+while #found < want do
+  local ids = redis.call('ZRANGEBYLEX', KEYS[1], start, '+', 'LIMIT', 0, 100)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    local expires = redis.call('HGET', ARGV[4] .. id, 'until')
+    if not expires then
+      redis.call('ZREM', KEYS[1], id)
+    elseif tonumber(expires) > now and #found < want then
+      found[#found + 1] = id
+    end
+  end
+  start = '(' .. ids[#ids]
+end
+return found
+"""
+)
+
+SESSION_DELETE = """
+-- KEYS: the session's hash, its message list, the scope's index. ARGV: session id.
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""

@@ -66,6 +66,7 @@ from bastion.stores._idempotency_store import (
 )
 from bastion.stores._keys import check_scope, scope_path
 from bastion.stores._ratelimit import WindowSpec
+from bastion.stores._session_store import SessionData, SessionNotFound, SessionPage, page_of
 from bastion.stores._sql_statements import Statements
 from bastion.stores._window_log import KeyLog, WindowDecision, check_costs, decide_in
 
@@ -180,7 +181,7 @@ class _Shared:
 
 
 class SQLStore:
-    """Rate limits, budgets, idempotency keys, checkpoints in SQLite or PostgreSQL.
+    """Rate limits, budgets, idempotency keys, checkpoints, sessions in SQLite or PostgreSQL.
 
     URLs: ``sqlite:///path.db`` or ``postgresql://...``.
 
@@ -567,6 +568,102 @@ class SQLStore:
             conn.execute(sql.ckpt_delete, row)
 
         await self.run("delete_checkpoint", step)
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    async def create_session(self, session_id: str, *, ttl: float, metadata: bytes) -> None:
+        sql = self._shared.statements
+        clock = self._clock
+        values = {
+            "b_key": self._prefix + "sess:" + session_id,
+            "b_scope": self._prefix,
+            "b_session": session_id,
+            "b_metadata": metadata,
+            "b_ttl": ttl,
+        }
+
+        def step(conn: Connection) -> None:
+            now = clock.time()
+            conn.execute(sql.msgs_delete, values)
+            conn.execute(sql.sess_create, {**values, "b_now": now, "b_expires": now + ttl})
+
+        await self.run("create_session", step)
+
+    async def append_messages(self, session_id: str, messages: list[bytes]) -> int:
+        sql = self._shared.statements
+        clock = self._clock
+        full = self._prefix + "sess:" + session_id
+        bodies = list(messages)
+
+        def step(conn: Connection) -> int | None:
+            row = {"b_key": full, "b_now": clock.time(), "b_count": len(bodies)}
+            length = conn.execute(sql.sess_grow, row).scalar()
+            if length is None:
+                return None
+            first = int(length) - len(bodies)
+            if bodies:
+                rows = [
+                    {"b_key": full, "b_seq": first + i, "b_body": body}
+                    for i, body in enumerate(bodies)
+                ]
+                conn.execute(sql.msgs_insert, rows)
+            return int(length)
+
+        length = await self.run("append_messages", step)
+        if length is None:
+            raise SessionNotFound(session_id)
+        return length
+
+    async def load_session(self, session_id: str) -> SessionData | None:
+        sql = self._shared.statements
+        clock = self._clock
+        full = self._prefix + "sess:" + session_id
+
+        def step(conn: Connection) -> SessionData | None:
+            row = conn.execute(sql.sess_load, {"b_key": full, "b_now": clock.time()}).first()
+            if row is None:
+                return None
+            metadata, created_at, expires_at, length = row
+            bodies = conn.execute(sql.msgs_load, {"b_key": full, "b_length": length}).scalars()
+            return SessionData(
+                session_id=session_id,
+                metadata=bytes(metadata),
+                messages=tuple(bytes(body) for body in bodies),
+                created_at=float(created_at),
+                expires_at=float(expires_at),
+            )
+
+        return await self.run("load_session", step)
+
+    async def list_sessions(self, *, limit: int, cursor: str | None) -> SessionPage:
+        sql = self._shared.statements
+        clock = self._clock
+        values = {"b_scope": self._prefix, "b_cursor": cursor or "", "b_limit": limit + 1}
+
+        def step(conn: Connection) -> list[str]:
+            return list(conn.execute(sql.sess_list, {**values, "b_now": clock.time()}).scalars())
+
+        return page_of(await self.run("list_sessions", step), limit)
+
+    async def delete_session(self, session_id: str) -> None:
+        sql = self._shared.statements
+        row = {"b_key": self._prefix + "sess:" + session_id}
+
+        def step(conn: Connection) -> None:
+            conn.execute(sql.msgs_delete, row)
+            conn.execute(sql.sess_delete, row)
+
+        await self.run("delete_session", step)
+
+    async def sweep_sessions(self, now: float) -> int:
+        sql = self._shared.statements
+        delete_messages, delete_sessions = sql.sess_sweep
+
+        def step(conn: Connection) -> int:
+            conn.execute(delete_messages, {"b_now": now})
+            return int(conn.execute(delete_sessions, {"b_now": now}).rowcount)
+
+        return await self.run("sweep_sessions", step)
 
 
 def _idempotency_record(row: Any) -> tuple[str, float, StoredResponse | None]:

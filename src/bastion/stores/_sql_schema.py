@@ -34,6 +34,8 @@ __all__ = [
     "checkpoints",
     "idempotency_keys",
     "rate_limits",
+    "session_messages",
+    "sessions",
 ]
 
 VERSION_TABLE = "bastion_alembic_version"
@@ -135,3 +137,29 @@ checkpoints = Table(
     Index("ix_bastion_checkpoints_expires_at", "expires_at"),
 )
 """One row per run: its latest step and state; ``expires_at`` NULL keeps it until deleted."""
+
+sessions = Table(
+    "bastion_sessions",
+    METADATA,
+    Column("key", Text, primary_key=True),
+    Column("scope", Text, nullable=False),
+    Column("session_id", Text, nullable=False),
+    Column("metadata", LargeBinary, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("ttl", Double, nullable=False),
+    Column("length", BigInteger, nullable=False),
+    Index("ix_bastion_sessions_scope_session_id", "scope", "session_id"),
+    Index("ix_bastion_sessions_expires_at", "expires_at"),
+)
+"""One row per conversation (``key`` is scope path + id): lives ``ttl`` after its latest
+write; ``length`` is how many messages it holds (the next message's ``seq``)."""
+
+session_messages = Table(
+    "bastion_session_messages",
+    METADATA,
+    Column("key", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("body", LargeBinary, nullable=False),
+)
+"""The messages of each session, numbered from 0 in the order they were appended."""

@@ -22,6 +22,8 @@ from bastion.stores._sql_schema import (
     checkpoints,
     idempotency_keys,
     rate_limits,
+    session_messages,
+    sessions,
 )
 
 __all__ = ["Statements"]
@@ -185,6 +187,67 @@ class Statements:
             ckpt.c.key == key, sa.or_(ckpt.c.expires_at.is_(None), ckpt.c.expires_at > now)
         )
         self.ckpt_delete = sa.delete(ckpt).where(ckpt.c.key == key)
+
+        sess, msgs = sessions, session_messages
+        insert_sess = upsert(sess).values(
+            key=key,
+            scope=sa.bindparam("b_scope"),
+            session_id=sa.bindparam("b_session"),
+            metadata=sa.bindparam("b_metadata"),
+            created_at=now,
+            expires_at=sa.bindparam("b_expires"),
+            ttl=sa.bindparam("b_ttl"),
+            length=0,
+        )
+        self.sess_create = insert_sess.on_conflict_do_update(
+            index_elements=[sess.c.key],
+            set_={
+                column: insert_sess.excluded[column]
+                for column in ("metadata", "created_at", "expires_at", "ttl", "length")
+            },
+        )
+        """Start a session, or restart one of the same id (its old messages go first)."""
+        self.sess_grow = (
+            sa.update(sess)
+            .where(sess.c.key == key, sess.c.expires_at > now)
+            .values(
+                length=sess.c.length + sa.bindparam("b_count"),
+                expires_at=now + sess.c.ttl,
+            )
+            .returning(sess.c.length)
+        )
+        """Make room for ``b_count`` messages in a live session and refresh its expiry, in one
+        locking update (concurrent appends queue on the row); returns the new length."""
+        self.sess_load = sa.select(
+            sess.c.metadata, sess.c.created_at, sess.c.expires_at, sess.c.length
+        ).where(sess.c.key == key, sess.c.expires_at > now)
+        self.msgs_load = (
+            sa.select(msgs.c.body)
+            .where(msgs.c.key == key, msgs.c.seq < sa.bindparam("b_length"))
+            .order_by(msgs.c.seq)
+        )
+        self.msgs_insert = sa.insert(msgs).values(
+            key=key, seq=sa.bindparam("b_seq"), body=sa.bindparam("b_body")
+        )
+        self.sess_list = (
+            sa.select(sess.c.session_id)
+            .where(
+                sess.c.scope == sa.bindparam("b_scope"),
+                sess.c.session_id > sa.bindparam("b_cursor"),
+                sess.c.expires_at > now,
+            )
+            .order_by(sess.c.session_id)
+            .limit(sa.bindparam("b_limit"))
+        )
+        self.sess_delete = sa.delete(sess).where(sess.c.key == key)
+        self.msgs_delete = sa.delete(msgs).where(msgs.c.key == key)
+        self.sess_sweep = (
+            sa.delete(msgs).where(
+                msgs.c.key.in_(sa.select(sess.c.key).where(sess.c.expires_at <= now))
+            ),
+            sa.delete(sess).where(sess.c.expires_at <= now),
+        )
+        """The messages of every session expired by ``b_now``, then the sessions."""
 
         self.sweeps = (
             sa.delete(limits).where(limits.c.expires_at <= now),
