@@ -27,19 +27,18 @@ slower than the memory store for one process and than Redis for many.
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, Self, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import ConfigurationError
 from bastion._core.redact import redact_url
 from bastion._core.validate import optional_positive_number, positive_number, whole_number
 from bastion.stores._base import Store, call_store
-from bastion.stores._keys import check_scope, escape, scope_path
+from bastion.stores._keys import ScopedView, escape, scope_path
 from bastion.stores._redis import import_redis
 
 if TYPE_CHECKING:
@@ -97,14 +96,14 @@ class _Entries:
         """key -> (value, expires_at on the clock's monotonic time; inf for never)."""
 
 
-class MemoryCacheStore:
+class MemoryCacheStore(ScopedView):
     """A bounded in-process cache (``memory://``): LRU eviction, expiry on the injected clock.
 
     Thread-safe. An expired value is dropped when it is next read, or earlier
     when it reaches the least recently used end and room is needed.
     """
 
-    __slots__ = ("_clock", "_entries", "_prefix", "_scope")
+    __slots__ = ("_clock", "_entries")
 
     def __init__(
         self, *, max_entries: int = DEFAULT_MAX_ENTRIES, clock: Clock = SYSTEM_CLOCK
@@ -122,25 +121,9 @@ class MemoryCacheStore:
         """How many values the whole store holds, every scope and expired ones included."""
         return len(self._entries.values)
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
     @property
     def backend(self) -> str:
         return "memory"
-
-    @property
-    def scope(self) -> tuple[str, ...]:
-        return self._scope
-
-    def scoped(self, name: str) -> Self:
-        view = copy.copy(self)
-        view._scope = (*self._scope, check_scope(name))
-        view._prefix = scope_path(view._scope)
-        return view
 
     async def ping(self) -> None:
         return None
@@ -227,7 +210,7 @@ class _RedisShared:
         self.unavailable: Callable[[Exception], bool] = lambda exc: isinstance(exc, lost)
 
 
-class RedisCacheStore:
+class RedisCacheStore(ScopedView):
     """A cache shared by every process that points at one Redis (``redis://host:port/db``).
 
     Give either ``url`` (the store builds and owns a client) or ``client``
@@ -289,19 +272,9 @@ class RedisCacheStore:
     def __repr__(self) -> str:
         return f"RedisCacheStore(namespace={self._namespace!r}, scope={self._scope!r})"
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
     @property
     def backend(self) -> str:
         return "redis"
-
-    @property
-    def scope(self) -> tuple[str, ...]:
-        return self._scope
 
     @property
     def client(self) -> Redis:
@@ -312,11 +285,8 @@ class RedisCacheStore:
         """The Redis key that holds ``key`` in this view (for operators and tests)."""
         return self._head + key
 
-    def scoped(self, name: str) -> Self:
-        view = copy.copy(self)
-        view._scope = (*self._scope, check_scope(name))
-        view._head = f"{self._namespace}:cache:{scope_path(view._scope)}"
-        return view
+    def _rescope(self) -> None:
+        self._head = f"{self._namespace}:cache:{scope_path(self._scope)}"
 
     async def ping(self) -> None:
         await self._call("ping", cast("Awaitable[object]", self._shared.client.ping()))

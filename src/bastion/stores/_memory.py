@@ -12,10 +12,8 @@ time their enforcer passes in.
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Sequence
-from typing import Self
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion.stores._budget_store import (
@@ -26,7 +24,7 @@ from bastion.stores._budget_store import (
 )
 from bastion.stores._checkpoint_store import Checkpoint, newer_or_same
 from bastion.stores._idempotency_store import Claim, StoredResponse, claim_of
-from bastion.stores._keys import check_scope, scope_path
+from bastion.stores._keys import ScopedView, scope_path
 from bastion.stores._ratelimit import WindowSpec
 from bastion.stores._session_store import SessionData, SessionNotFound, SessionPage, page_of
 from bastion.stores._window_log import RateLimitBackend, WindowDecision, check_costs
@@ -82,10 +80,10 @@ class _Session:
         self.expires_at = created_at + ttl
 
 
-class MemoryStore:
+class MemoryStore(ScopedView):
     """Rate limits, budgets, idempotency keys, checkpoints and sessions in this process's memory."""
 
-    __slots__ = ("_clock", "_prefix", "_scope", "_state")
+    __slots__ = ("_clock", "_state")
 
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
@@ -96,25 +94,9 @@ class MemoryStore:
     def __repr__(self) -> str:
         return f"MemoryStore(scope={self._scope!r})"
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
     @property
     def backend(self) -> str:
         return "memory"
-
-    @property
-    def scope(self) -> tuple[str, ...]:
-        return self._scope
-
-    def scoped(self, name: str) -> Self:
-        view = copy.copy(self)
-        view._scope = (*self._scope, check_scope(name))
-        view._prefix = scope_path(view._scope)
-        return view
 
     async def ping(self) -> None:
         return None

@@ -28,9 +28,8 @@ store is made (``pip install 'bastion[redis]'``). Needs Redis >= 7.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from bastion._core.clock import Clock
 from bastion._core.errors import ConfigurationError
@@ -40,7 +39,7 @@ from bastion.stores._budget_store import CapCharge, ReserveMode, ReserveOutcome
 from bastion.stores._checkpoint_store import Checkpoint
 from bastion.stores._coalesce import Coalescer
 from bastion.stores._idempotency_store import Claim, StoredResponse, decode_headers, encode_headers
-from bastion.stores._keys import check_scope, escape, scope_path
+from bastion.stores._keys import ScopedView, escape, scope_path
 from bastion.stores._ratelimit import WindowSpec
 from bastion.stores._redis_lua import (
     BUDGET_COMMITTED,
@@ -168,7 +167,7 @@ class _Shared:
         return text.split(";")
 
 
-class RedisStore:
+class RedisStore(ScopedView):
     """Rate limits, budgets, idempotency keys, checkpoints and sessions in Redis.
 
     ``redis://host:port/db``.
@@ -181,7 +180,7 @@ class RedisStore:
     sends every rate-limit decision on its own (needed on Redis Cluster).
     """
 
-    __slots__ = ("_budget_tag", "_namespace", "_prefix", "_scope", "_shared", "_timeout")
+    __slots__ = ("_budget_tag", "_namespace", "_shared", "_timeout")
 
     def __init__(
         self,
@@ -226,30 +225,14 @@ class RedisStore:
     def __repr__(self) -> str:
         return f"RedisStore(namespace={self._namespace!r}, scope={self._scope!r})"
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
     @property
     def backend(self) -> str:
         return "redis"
 
     @property
-    def scope(self) -> tuple[str, ...]:
-        return self._scope
-
-    @property
     def client(self) -> Redis:
         """The redis-py client (shared by every view of this store)."""
         return self._shared.client
-
-    def scoped(self, name: str) -> Self:
-        view = copy.copy(self)
-        view._scope = (*self._scope, check_scope(name))
-        view._prefix = scope_path(view._scope)
-        return view
 
     async def ping(self) -> None:
         await self._call("ping", cast("Awaitable[object]", self._shared.client.ping()))

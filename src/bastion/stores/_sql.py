@@ -31,13 +31,12 @@ changes on a shared server are an operator's decision.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -64,7 +63,7 @@ from bastion.stores._idempotency_store import (
     decode_headers,
     encode_headers,
 )
-from bastion.stores._keys import check_scope, scope_path
+from bastion.stores._keys import ScopedView, scope_path
 from bastion.stores._ratelimit import WindowSpec
 from bastion.stores._session_store import SessionData, SessionNotFound, SessionPage, page_of
 from bastion.stores._sql_statements import Statements
@@ -180,7 +179,7 @@ class _Shared:
             self.executor.shutdown(wait=True)
 
 
-class SQLStore:
+class SQLStore(ScopedView):
     """Rate limits, budgets, idempotency keys, checkpoints, sessions in SQLite or PostgreSQL.
 
     URLs: ``sqlite:///path.db`` or ``postgresql://...``.
@@ -193,7 +192,7 @@ class SQLStore:
     SQLite store keeps one connection, since SQLite writes one at a time.
     """
 
-    __slots__ = ("_backend", "_clock", "_prefix", "_scope", "_shared", "_timeout")
+    __slots__ = ("_backend", "_clock", "_shared", "_timeout")
 
     def __init__(
         self,
@@ -251,25 +250,9 @@ class SQLStore:
     def __repr__(self) -> str:
         return f"SQLStore(backend={self._backend!r}, scope={self._scope!r})"
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
     @property
     def backend(self) -> str:
         return self._backend
-
-    @property
-    def scope(self) -> tuple[str, ...]:
-        return self._scope
-
-    def scoped(self, name: str) -> Self:
-        view = copy.copy(self)
-        view._scope = (*self._scope, check_scope(name))
-        view._prefix = scope_path(view._scope)
-        return view
 
     async def ping(self) -> None:
         await self.run("ping", lambda conn: conn.execute(sa.text("SELECT 1")).scalar_one())
