@@ -52,6 +52,7 @@ def test_every_capability_has_a_page_with_an_example() -> None:
         "audit-log",
         "checkpoints",
         "sessions",
+        "approvals",
     }
     assert expected <= pages
     with_examples = {name.split("#")[0].removesuffix(".md") for name, _ in blocks()}

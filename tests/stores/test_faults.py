@@ -8,6 +8,7 @@ log line, ``pg_ctl -w``), never waited for with sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -24,7 +25,15 @@ from typing import Any
 import pytest
 
 from bastion import EventBus, RateLimitConfig, RateLimiter, StoreUnavailableError
-from bastion.stores import BudgetConfig, BudgetEnforcer, StoreDegraded, WindowSpec, open_store
+from bastion.stores import (
+    Approvals,
+    BudgetConfig,
+    BudgetEnforcer,
+    StoreDegraded,
+    WindowSpec,
+    open_store,
+)
+from bastion.testing import FakeClock
 
 TIMEOUT = 0.5
 SPEC = WindowSpec(limits=(100,), window=60, name="faults")
@@ -41,10 +50,16 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server on its own port that a test may kill, freeze and restart."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, persist_in: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[str] | None = None
+        self.persistence = ["--appendonly", "no"]
+        if persist_in is not None:  # every write on disk before it is acknowledged
+            self.persistence = [
+                *("--appendonly", "yes", "--appendfsync", "always"),
+                *("--dir", str(persist_in)),
+            ]
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -56,8 +71,7 @@ class RedisServer:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *self.persistence,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -86,10 +100,11 @@ class RedisServer:
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A throwaway Redis that keeps an append-only file, so a restart keeps its data."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer()
+    server = RedisServer(persist_in=tmp_path)
     server.start()
     yield server
     if server.process is not None and server.process.poll() is None:
@@ -261,3 +276,55 @@ async def test_a_locked_sqlite_file_times_out_instead_of_hanging(tmp_path: Path)
         assert (await store.rate_limit("k", (1.0,), SPEC)).allowed
     finally:
         await store.aclose()
+
+
+async def parked(clock: FakeClock) -> None:
+    """Return once a waiter sleeps on ``clock`` again (after real I/O such as a reconnect)."""
+    async with asyncio.timeout(10):
+        # FakeClock has no event for "someone sleeps now"; the reconnect in between is real I/O.
+        while clock.pending_sleepers < 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+async def check_waiter_recovers(url: str, crash: Any, restart: Any) -> None:
+    """A waiter outlives a server restart: it hears the next decision pushed, not polled."""
+    clock = FakeClock()
+    waiting, deciding = open_store(url, timeout=TIMEOUT), open_store(url, timeout=TIMEOUT)
+    try:
+        approvals = Approvals(waiting, clock=clock, poll_interval=2.0, bus=EventBus())
+        asked = await approvals.create(
+            run_id="r", agent_name="a", tool_name="delete_repo", tool_arguments={"repo": "x"}
+        )
+        waiter = asyncio.create_task(approvals.wait(asked.approval_id, timeout=3600.0))
+        await parked(clock)
+
+        crash()
+        restart()
+        for _ in range(3):  # a read that meets a connection the crash closed is tried again
+            clock.advance(2.0)  # the waiter's next poll: it reads again and listens anew
+            await parked(clock)
+        assert not waiter.done()
+        await eventually(deciding.ping)
+
+        await Approvals(deciding, bus=EventBus()).decide(asked.approval_id, approved=True, by="op")
+        async with asyncio.timeout(5):  # pushed: the fake clock does not move
+            decided = await waiter
+        assert decided.approved
+    finally:
+        await waiting.aclose()
+        await deciding.aclose()
+
+
+@pytest.mark.redis
+async def test_an_approval_waiter_rides_out_a_redis_restart(redis_server: RedisServer) -> None:
+    await check_waiter_recovers(redis_server.url, redis_server.kill, redis_server.start)
+
+
+@pytest.mark.postgresql
+async def test_an_approval_waiter_rides_out_a_postgres_restart(
+    postgres_server: PostgresServer,
+) -> None:
+    from bastion.stores._sql import upgrade
+
+    await upgrade(postgres_server.url)
+    await check_waiter_recovers(postgres_server.url, postgres_server.crash, postgres_server.start)

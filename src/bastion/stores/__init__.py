@@ -2,7 +2,7 @@
 
 One small protocol per concern (:class:`RateLimitStore`, :class:`BudgetStore`,
 :class:`IdempotencyStore`, :class:`CheckpointStore`, :class:`SessionStore`,
-:class:`AuditLog`),
+:class:`ApprovalStore`, :class:`AuditLog`),
 one module per backend -- :class:`MemoryStore`, :class:`SQLStore` (SQLite and
 PostgreSQL), :class:`RedisStore` -- chosen by URL with :func:`open_store`.
 ``store.scoped("tenant-a")`` gives a view that never sees another scope's keys.
@@ -13,6 +13,19 @@ The SQL store (and SQLAlchemy with it) is imported on first use of
 
 import typing as _typing
 
+from bastion.stores._approval_store import (
+    Approval,
+    ApprovalAlreadyDecided,
+    ApprovalMismatch,
+    ApprovalNotFound,
+    ApprovalPage,
+    ApprovalRequest,
+    ApprovalStatus,
+    ApprovalStore,
+    RiskLevel,
+    call_hash,
+)
+from bastion.stores._approvals import ApprovalDecided, ApprovalRequested, Approvals
 from bastion.stores._audit import (
     AuditEntry,
     AuditLog,
@@ -56,6 +69,17 @@ if _typing.TYPE_CHECKING:
     from bastion.stores._sql import SQLStore, upgrade
 
 __all__ = [
+    "Approval",
+    "ApprovalAlreadyDecided",
+    "ApprovalDecided",
+    "ApprovalMismatch",
+    "ApprovalNotFound",
+    "ApprovalPage",
+    "ApprovalRequest",
+    "ApprovalRequested",
+    "ApprovalStatus",
+    "ApprovalStore",
+    "Approvals",
     "AuditEntry",
     "AuditLog",
     "AuditPage",
@@ -88,6 +112,7 @@ __all__ = [
     "Reservation",
     "ReserveMode",
     "ReserveOutcome",
+    "RiskLevel",
     "SQLAuditLog",
     "SQLStore",
     "SavedState",
@@ -103,6 +128,7 @@ __all__ = [
     "StoredResponse",
     "WindowDecision",
     "WindowSpec",
+    "call_hash",
     "fingerprint",
     "hash_prompt",
     "not_a_server_error",

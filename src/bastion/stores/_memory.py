@@ -14,8 +14,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
+from bastion.stores._approval_store import (
+    Approval,
+    ApprovalPage,
+    ApprovalRequest,
+    ApprovalStatus,
+    as_of,
+    decidable,
+    decided,
+    page_of,
+    pending,
+)
 from bastion.stores._budget_store import (
     CapCharge,
     ReserveMode,
@@ -26,7 +38,9 @@ from bastion.stores._checkpoint_store import Checkpoint, newer_or_same
 from bastion.stores._idempotency_store import Claim, StoredResponse, claim_of
 from bastion.stores._keys import ScopedView, scope_path
 from bastion.stores._ratelimit import WindowSpec
-from bastion.stores._session_store import SessionData, SessionNotFound, SessionPage, page_of
+from bastion.stores._session_store import SessionData, SessionNotFound, SessionPage
+from bastion.stores._session_store import page_of as session_page
+from bastion.stores._wakeup import Notifier, Wakeup
 from bastion.stores._window_log import RateLimitBackend, WindowDecision, check_costs
 
 __all__ = ["MemoryStore"]
@@ -53,7 +67,16 @@ class _Cap:
 class _State:
     """Everything a root store and its scoped views share."""
 
-    __slots__ = ("caps", "checkpoints", "idempotency", "lock", "logs", "sessions")
+    __slots__ = (
+        "approvals",
+        "caps",
+        "checkpoints",
+        "idempotency",
+        "lock",
+        "logs",
+        "notifier",
+        "sessions",
+    )
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -65,6 +88,9 @@ class _State:
         """key -> (checkpoint, expires_at or None for never)."""
         self.sessions: dict[str, dict[str, _Session]] = {}
         """scope path -> session id -> session."""
+        self.approvals: dict[str, dict[str, tuple[Approval, float]]] = {}
+        """scope path -> approval id -> (approval as stored, purge_at)."""
+        self.notifier = Notifier()
 
 
 class _Session:
@@ -81,7 +107,7 @@ class _Session:
 
 
 class MemoryStore(ScopedView):
-    """Rate limits, budgets, idempotency keys, checkpoints and sessions in this process's memory."""
+    """Rate limits, budgets, idempotency, checkpoints, sessions and approvals, in memory."""
 
     __slots__ = ("_clock", "_state")
 
@@ -310,7 +336,7 @@ class MemoryStore(ScopedView):
                 for session_id, session in sessions.items()
                 if session.expires_at > now and (cursor is None or session_id > cursor)
             )
-        return page_of(ids[: limit + 1], limit)
+        return session_page(ids[: limit + 1], limit)
 
     async def delete_session(self, session_id: str) -> None:
         with self._state.lock:
@@ -324,3 +350,71 @@ class MemoryStore(ScopedView):
                     del sessions[session_id]
                     swept += 1
         return swept
+
+    # -- approvals -----------------------------------------------------------------------------
+
+    def _live_approval(self, approval_id: str, now: float) -> Approval | None:
+        """The stored approval ``approval_id`` of this scope, unless purged; lock held."""
+        stored = self._state.approvals.get(self._prefix, {}).get(approval_id)
+        if stored is None or stored[1] <= now:
+            return None
+        return stored[0]
+
+    async def create_approval(
+        self, request: ApprovalRequest, *, ttl: float, keep_for: float
+    ) -> tuple[Approval, bool]:
+        with self._state.lock:
+            now = self._clock.time()
+            existing = self._live_approval(request.approval_id, now)
+            if existing is not None:
+                return as_of(existing, now), False
+            approval = pending(request, now=now, ttl=ttl)
+            records = self._state.approvals.setdefault(self._prefix, {})
+            records[request.approval_id] = (approval, now + ttl + keep_for)
+            if len(records) % 1024 == 0:
+                for stale in [k for k, (_, purge_at) in records.items() if purge_at <= now]:
+                    del records[stale]
+            return approval, True
+
+    async def get_approval(self, approval_id: str) -> Approval | None:
+        with self._state.lock:
+            now = self._clock.time()
+            approval = self._live_approval(approval_id, now)
+            return None if approval is None else as_of(approval, now)
+
+    async def list_approvals(
+        self, *, status: ApprovalStatus | None, limit: int, cursor: str | None
+    ) -> ApprovalPage:
+        with self._state.lock:
+            now = self._clock.time()
+            records = self._state.approvals.get(self._prefix, {})
+            found = sorted(
+                (as_of(approval, now) for approval, purge_at in records.values() if purge_at > now),
+                key=lambda approval: approval.approval_id,
+            )
+        found = [
+            approval
+            for approval in found
+            if (cursor is None or approval.approval_id > cursor)
+            and (status is None or approval.status == status)
+        ]
+        return page_of(found[: limit + 1], limit)
+
+    async def decide_approval(
+        self, approval_id: str, *, approved: bool, by: str, reason: str
+    ) -> tuple[Approval | None, bool]:
+        with self._state.lock:
+            now = self._clock.time()
+            approval = self._live_approval(approval_id, now)
+            if approval is None:
+                return None, False
+            if not decidable(approval.status, approval.expires_at, now):
+                return as_of(approval, now), False
+            approval = decided(approval, approved=approved, by=by, reason=reason, now=now)
+            records = self._state.approvals[self._prefix]
+            records[approval_id] = (approval, records[approval_id][1])
+        self._state.notifier.notify(self._prefix + approval_id)
+        return approval, True
+
+    def approval_wakeups(self, approval_id: str) -> AbstractAsyncContextManager[Wakeup]:
+        return self._state.notifier.watch(self._prefix + approval_id)

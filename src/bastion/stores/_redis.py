@@ -28,12 +28,24 @@ store is made (``pip install 'bastion[redis]'``). Needs Redis >= 7.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, cast
 
 from bastion._core.clock import Clock
 from bastion._core.errors import ConfigurationError
 from bastion._core.validate import positive_number
+from bastion.stores._approval_store import (
+    Approval,
+    ApprovalPage,
+    ApprovalRequest,
+    ApprovalStatus,
+    as_of,
+    encode_arguments,
+)
+from bastion.stores._approval_store import page_of as approval_page
 from bastion.stores._base import call_store
 from bastion.stores._budget_store import CapCharge, ReserveMode, ReserveOutcome
 from bastion.stores._checkpoint_store import Checkpoint
@@ -41,7 +53,13 @@ from bastion.stores._coalesce import Coalescer
 from bastion.stores._idempotency_store import Claim, StoredResponse, decode_headers, encode_headers
 from bastion.stores._keys import ScopedView, escape, scope_path
 from bastion.stores._ratelimit import WindowSpec
+from bastion.stores._redis_listen import RedisListener
 from bastion.stores._redis_lua import (
+    APPROVAL_CREATE,
+    APPROVAL_DECIDE,
+    APPROVAL_FIELDS,
+    APPROVAL_GET,
+    APPROVAL_LIST,
     BUDGET_COMMITTED,
     BUDGET_RELEASE,
     BUDGET_RESERVE,
@@ -59,6 +77,7 @@ from bastion.stores._redis_lua import (
     SESSION_LOAD,
 )
 from bastion.stores._session_store import SessionData, SessionNotFound, SessionPage, page_of
+from bastion.stores._wakeup import Notifier, Wakeup
 from bastion.stores._window_log import WindowDecision, check_costs, until
 
 if TYPE_CHECKING:
@@ -116,10 +135,26 @@ _Decision = tuple[list[str], list[str]]
 class _Shared:
     """What a root store and its scoped views share: the client, the scripts, the batcher."""
 
-    __slots__ = ("client", "clock", "coalescer", "owned", "scripts", "unavailable")
+    __slots__ = (
+        "client",
+        "clock",
+        "coalescer",
+        "listener",
+        "notifier",
+        "owned",
+        "scripts",
+        "unavailable",
+    )
 
     def __init__(
-        self, client: Redis, *, owned: bool, clock: Clock | None, timeout: float, batch: bool
+        self,
+        client: Redis,
+        *,
+        owned: bool,
+        clock: Clock | None,
+        timeout: float,
+        batch: bool,
+        channel: str,
     ) -> None:
         import redis.exceptions as errors
 
@@ -144,8 +179,16 @@ class _Shared:
                 ("sess_load", SESSION_LOAD),
                 ("sess_list", SESSION_LIST),
                 ("sess_delete", SESSION_DELETE),
+                ("apr_create", APPROVAL_CREATE),
+                ("apr_get", APPROVAL_GET),
+                ("apr_decide", APPROVAL_DECIDE),
+                ("apr_list", APPROVAL_LIST),
             )
         }
+        self.notifier = Notifier()
+        self.listener = RedisListener(
+            client, channel=channel, notifier=self.notifier, timeout=max(timeout, 1.0)
+        )
         lost = (errors.ConnectionError, errors.TimeoutError, OSError)
         self.unavailable: Callable[[Exception], bool] = lambda exc: isinstance(exc, lost)
         self.coalescer: Coalescer[_Decision, str] | None = (
@@ -168,7 +211,7 @@ class _Shared:
 
 
 class RedisStore(ScopedView):
-    """Rate limits, budgets, idempotency keys, checkpoints and sessions in Redis.
+    """Rate limits, budgets, idempotency keys, checkpoints, sessions and approvals in Redis.
 
     ``redis://host:port/db``.
 
@@ -216,8 +259,15 @@ class RedisStore(ScopedView):
         else:
             refuse_retries(client, "RedisStore.client")
             owned = False
-        self._shared = _Shared(client, owned=owned, clock=clock, timeout=self._timeout, batch=batch)
         self._namespace = escape(namespace)
+        self._shared = _Shared(
+            client,
+            owned=owned,
+            clock=clock,
+            timeout=self._timeout,
+            batch=batch,
+            channel=f"{self._namespace}:approvals",
+        )
         self._scope: tuple[str, ...] = ()
         self._prefix = scope_path(())
         self._budget_tag = "{" + self._namespace + ":budget}"
@@ -238,6 +288,7 @@ class RedisStore(ScopedView):
         await self._call("ping", cast("Awaitable[object]", self._shared.client.ping()))
 
     async def aclose(self) -> None:
+        await self._shared.listener.close()
         if self._shared.owned:
             await self._shared.client.aclose()
 
@@ -449,6 +500,112 @@ class RedisStore(ScopedView):
     async def sweep_sessions(self, now: float) -> int:
         """Nothing to do: Redis expires a session's keys itself (the index tidies on listing)."""
         return 0
+
+    # -- approvals -----------------------------------------------------------------------------
+
+    def _approval_keys(self, approval_id: str) -> list[str]:
+        """The approval's hash and the scope's index (one hash slot per scope)."""
+        base = f"{self._namespace}:apr:{{{self._prefix}}}"
+        return [f"{base}:h:{approval_id}", f"{base}:idx"]
+
+    async def create_approval(
+        self, request: ApprovalRequest, *, ttl: float, keep_for: float
+    ) -> tuple[Approval, bool]:
+        script = self._shared.scripts["apr_create"]
+        args: list[str] = [
+            self._shared.now(),
+            repr(ttl),
+            repr(keep_for),
+            request.approval_id,
+            request.run_id,
+            request.agent_name,
+            request.tool_name,
+            encode_arguments(request.tool_arguments),
+            request.call_hash,
+            request.risk_level,
+            request.description,
+            request.session_id or "",
+        ]
+        keys = self._approval_keys(request.approval_id)
+        created, now, fields = await self._call("create_approval", script(keys=keys, args=args))
+        return _approval_of(request.approval_id, fields, float(now)), int(created) == 1
+
+    async def get_approval(self, approval_id: str) -> Approval | None:
+        script = self._shared.scripts["apr_get"]
+        work = script(keys=self._approval_keys(approval_id)[:1], args=[self._shared.now()])
+        reply = await self._call("get_approval", work)
+        if not reply:
+            return None
+        now, fields = reply
+        return _approval_of(approval_id, fields, float(now))
+
+    async def list_approvals(
+        self, *, status: ApprovalStatus | None, limit: int, cursor: str | None
+    ) -> ApprovalPage:
+        script = self._shared.scripts["apr_list"]
+        hash_key, index = self._approval_keys("")
+        args = [self._shared.now(), cursor or "", str(limit + 1), hash_key, status or ""]
+        reply = await self._call("list_approvals", script(keys=[index], args=args))
+        now = float(reply[0])
+        found = [
+            _approval_of(_bytes(approval_id).decode(), fields, now)
+            for approval_id, fields in zip(reply[1::2], reply[2::2], strict=True)
+        ]
+        return approval_page(found, limit)
+
+    async def decide_approval(
+        self, approval_id: str, *, approved: bool, by: str, reason: str
+    ) -> tuple[Approval | None, bool]:
+        script = self._shared.scripts["apr_decide"]
+        key = self._approval_keys(approval_id)[0]
+        args = [
+            self._shared.now(),
+            "approved" if approved else "rejected",
+            by,
+            reason,
+            self._shared.listener.channel,
+            key,
+        ]
+        reply = await self._call("decide_approval", script(keys=[key], args=args))
+        if not reply:
+            return None, False
+        recorded, now, fields = reply
+        if int(recorded) == 1:
+            self._shared.notifier.notify(key)  # waiters in this process, without the round trip
+        return _approval_of(approval_id, fields, float(now)), int(recorded) == 1
+
+    def approval_wakeups(self, approval_id: str) -> AbstractAsyncContextManager[Wakeup]:
+        return self._listening(self._approval_keys(approval_id)[0])
+
+    @contextlib.asynccontextmanager
+    async def _listening(self, key: str) -> AsyncIterator[Wakeup]:
+        listener = self._shared.listener
+        await listener.ensure()
+        async with self._shared.notifier.watch(key, refresh=listener.ensure) as wakeup:
+            yield wakeup
+
+
+def _approval_of(approval_id: str, fields: Sequence[object], now: float) -> Approval:
+    """The approval an approval script's ``{fields}`` reply holds, as it reads at ``now``."""
+    text = dict(zip(APPROVAL_FIELDS, (_bytes(field).decode() for field in fields), strict=True))
+    approval = Approval(
+        approval_id=approval_id,
+        run_id=text["run"],
+        agent_name=text["agent"],
+        tool_name=text["tool"],
+        tool_arguments=json.loads(text["args"]),
+        risk_level=text["risk"],  # type: ignore[arg-type]
+        description=text["desc"],
+        session_id=text["session"] or None,
+        call_hash=text["hash"],
+        status=text["status"],  # type: ignore[arg-type]
+        created_at=float(text["at"]),
+        expires_at=float(text["until"]),
+        decided_at=float(text["dat"]) if text["dat"] else None,
+        decided_by=text["by"] if text["dat"] else None,
+        reason=text["reason"] if text["dat"] else None,
+    )
+    return as_of(approval, now)
 
 
 def _bytes(value: object) -> bytes:

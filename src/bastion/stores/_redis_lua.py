@@ -24,6 +24,11 @@ the float rounding rule lives in one place. An empty ``now`` argument means
 from __future__ import annotations
 
 __all__ = [
+    "APPROVAL_CREATE",
+    "APPROVAL_DECIDE",
+    "APPROVAL_FIELDS",
+    "APPROVAL_GET",
+    "APPROVAL_LIST",
     "BUDGET_COMMITTED",
     "BUDGET_RELEASE",
     "BUDGET_RESERVE",
@@ -526,3 +531,120 @@ redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 """
+
+APPROVAL_FIELDS = (
+    "run",
+    "agent",
+    "tool",
+    "args",
+    "hash",
+    "risk",
+    "desc",
+    "session",
+    "status",
+    "at",
+    "until",
+    "dat",
+    "by",
+    "reason",
+)
+"""The fields of an approval's hash, in the order every approval script returns them."""
+
+_APPROVAL_PRELUDE = (
+    _IDEMPOTENCY_NOW
+    + _SESSION_EXPIRE
+    + """
+local function fmt(x) return string.format('%.17g', x) end
+local FIELDS = {"""
+    + ", ".join(f"'{name}'" for name in APPROVAL_FIELDS)
+    + """}
+local function read(key) return redis.call('HMGET', key, unpack(FIELDS)) end
+-- A record past its purge time counts as absent (Redis also expires the key itself).
+local function live(key)
+  local purge = redis.call('HGET', key, 'purge')
+  return purge and tonumber(purge) > now
+end
+"""
+)
+
+APPROVAL_CREATE = (
+    _APPROVAL_PRELUDE
+    + """
+-- KEYS: the approval's hash, the scope's index zset. ARGV: now, ttl, keep_for, id, run, agent,
+-- tool, args, hash, risk, description, session ('' = none).
+-- Reply: {1 if created else 0, now, {fields}}: an existing live approval is returned unchanged.
+if live(KEYS[1]) then return {0, fmt(now), read(KEYS[1])} end
+local ttl, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ms = math.ceil((ttl + keep) * 1000)
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'run', ARGV[5], 'agent', ARGV[6], 'tool', ARGV[7], 'args', ARGV[8],
+  'hash', ARGV[9], 'risk', ARGV[10], 'desc', ARGV[11], 'session', ARGV[12], 'status', 'pending',
+  'at', fmt(now), 'until', fmt(now + ttl), 'purge', fmt(now + ttl + keep), 'dat', '', 'by', '',
+  'reason', '')
+redis.call('PEXPIRE', KEYS[1], ms)
+redis.call('ZADD', KEYS[2], 0, ARGV[4])
+keep_index(KEYS[2], ms)
+return {1, fmt(now), read(KEYS[1])}
+"""
+)
+
+APPROVAL_GET = (
+    _APPROVAL_PRELUDE
+    + """
+-- KEYS: the approval's hash. ARGV: now. Reply: {now, {fields}}, or {} when absent or purged.
+if not live(KEYS[1]) then return {} end
+return {fmt(now), read(KEYS[1])}
+"""
+)
+
+APPROVAL_DECIDE = (
+    _APPROVAL_PRELUDE
+    + """
+-- KEYS: the approval's hash. ARGV: now, status ('approved' / 'rejected'), by, reason, channel,
+-- message. Records the decision only while the approval is pending and before its deadline,
+-- and then publishes the message, in the same atomic step.
+-- Reply: {1 if this decision was recorded else 0, now, {fields}}, or {} when absent or purged.
+if not live(KEYS[1]) then return {} end
+local r = redis.call('HMGET', KEYS[1], 'status', 'until')
+if r[1] ~= 'pending' or tonumber(r[2]) <= now then return {0, fmt(now), read(KEYS[1])} end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'dat', fmt(now), 'by', ARGV[3], 'reason', ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {1, fmt(now), read(KEYS[1])}
+"""
+)
+
+APPROVAL_LIST = (
+    _APPROVAL_PRELUDE
+    + """
+-- KEYS: the scope's index zset (members: approval ids, all scored 0, so ordered by id).
+-- ARGV: now, cursor ('' = from the start), count wanted, the hash key prefix of the scope,
+-- status wanted ('' = any). Reply: {now, id1, {fields1}, id2, {fields2}, ...}. Ids whose hash
+-- has gone leave the index.
+local start = '-'
+if ARGV[2] ~= '' then start = '(' .. ARGV[2] end
+local want, wanted = tonumber(ARGV[3]), ARGV[5]
+local reply = {fmt(now)}
+local found = 0
+while found < want do
+  local ids = redis.call('ZRANGEBYLEX', KEYS[1], start, '+', 'LIMIT', 0, 100)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    local key = ARGV[4] .. id
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('ZREM', KEYS[1], id)
+    elseif found < want and live(key) then
+      local r = redis.call('HMGET', key, 'status', 'until')
+      local status = r[1]
+      if status == 'pending' and tonumber(r[2]) <= now then status = 'expired' end
+      if wanted == '' or status == wanted then
+        found = found + 1
+        reply[#reply + 1] = id
+        reply[#reply + 1] = read(key)
+      end
+    end
+  end
+  start = '(' .. ids[#ids]
+end
+return reply
+"""
+)

@@ -31,10 +31,12 @@ changes on a shared server are an operator's decision.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,6 +49,15 @@ from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import ConfigurationError
 from bastion._core.redact import redact_url
 from bastion._core.validate import invalid, positive_number
+from bastion.stores._approval_store import (
+    Approval,
+    ApprovalPage,
+    ApprovalRequest,
+    ApprovalStatus,
+    as_of,
+    encode_arguments,
+)
+from bastion.stores._approval_store import page_of as approval_page
 from bastion.stores._base import call_store
 from bastion.stores._budget_store import (
     CapCharge,
@@ -64,9 +75,11 @@ from bastion.stores._idempotency_store import (
     encode_headers,
 )
 from bastion.stores._keys import ScopedView, scope_path
+from bastion.stores._pg_listen import PgListener
 from bastion.stores._ratelimit import WindowSpec
 from bastion.stores._session_store import SessionData, SessionNotFound, SessionPage, page_of
 from bastion.stores._sql_statements import Statements
+from bastion.stores._wakeup import Notifier, Wakeup
 from bastion.stores._window_log import KeyLog, WindowDecision, check_costs, decide_in
 
 __all__ = ["SQLStore", "upgrade"]
@@ -77,6 +90,8 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 _SWEEP_EVERY = 1000
 _PG_MIGRATION_LOCK = 0x62617374  # pg_advisory_xact_lock key: one migrator at a time
 _UNDEFINED_TABLE = "42P01"
+APPROVAL_CHANNEL = "bastion_approvals"
+"""The PostgreSQL channel a decision is announced on (payload: the approval's full key)."""
 
 
 def _engine_url(url: str) -> tuple[sa.URL, str]:
@@ -127,7 +142,10 @@ class _Shared:
     __slots__ = (
         "async_engine",
         "auto_upgrade",
+        "closed",
         "executor",
+        "listener",
+        "notifier",
         "ops",
         "ready",
         "ready_lock",
@@ -155,6 +173,13 @@ class _Shared:
         self.ready = not auto_upgrade
         self.ready_lock: asyncio.Lock | None = None
         self.ops = 0
+        self.closed = False
+        self.notifier = Notifier()
+        self.listener = (
+            PgListener(async_engine, channel=APPROVAL_CHANNEL, notifier=self.notifier, timeout=5.0)
+            if async_engine is not None
+            else None
+        )
 
     async def run(self, step: Callable[[Connection], T]) -> T:
         """Run ``step(connection)`` inside one transaction, committed when it returns."""
@@ -171,6 +196,12 @@ class _Shared:
             return step(conn)
 
     async def close(self) -> None:
+        """Release everything (a second close does nothing)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.listener is not None:
+            await self.listener.close()
         if self.async_engine is not None:
             await self.async_engine.dispose()
         if self.executor is not None and self.sync_engine is not None:
@@ -180,7 +211,7 @@ class _Shared:
 
 
 class SQLStore(ScopedView):
-    """Rate limits, budgets, idempotency keys, checkpoints, sessions in SQLite or PostgreSQL.
+    """Rate limits, budgets, idempotency, checkpoints, sessions, approvals in SQLite or PostgreSQL.
 
     URLs: ``sqlite:///path.db`` or ``postgresql://...``.
 
@@ -647,6 +678,154 @@ class SQLStore(ScopedView):
             return int(conn.execute(delete_sessions, {"b_now": now}).rowcount)
 
         return await self.run("sweep_sessions", step)
+
+    # -- approvals -----------------------------------------------------------------------------
+
+    def _approval_key(self, approval_id: str) -> str:
+        return self._prefix + "apr:" + approval_id
+
+    async def create_approval(
+        self, request: ApprovalRequest, *, ttl: float, keep_for: float
+    ) -> tuple[Approval, bool]:
+        sql = self._shared.statements
+        clock = self._clock
+        values = {
+            "b_key": self._approval_key(request.approval_id),
+            "b_scope": self._prefix,
+            "b_id": request.approval_id,
+            "b_run": request.run_id,
+            "b_agent": request.agent_name,
+            "b_tool": request.tool_name,
+            "b_arguments": encode_arguments(request.tool_arguments),
+            "b_hash": request.call_hash,
+            "b_risk": request.risk_level,
+            "b_description": request.description,
+            "b_session": request.session_id,
+        }
+
+        def step(conn: Connection) -> tuple[Approval, bool]:
+            now = clock.time()
+            row = {**values, "b_now": now, "b_expires": now + ttl, "b_purge": now + ttl + keep_for}
+            conn.execute(sql.apr_purge, row)
+            created = conn.execute(sql.apr_insert, row).first() is not None
+            stored = conn.execute(sql.apr_get, row).one()
+            self._maybe_sweep(conn, now)
+            return _approval_of_row(stored, now), created
+
+        return await self.run("create_approval", step)
+
+    async def get_approval(self, approval_id: str) -> Approval | None:
+        sql = self._shared.statements
+        clock = self._clock
+        key = self._approval_key(approval_id)
+
+        def step(conn: Connection) -> Approval | None:
+            now = clock.time()
+            row = conn.execute(sql.apr_get, {"b_key": key, "b_now": now}).first()
+            return None if row is None else _approval_of_row(row, now)
+
+        return await self.run("get_approval", step)
+
+    async def list_approvals(
+        self, *, status: ApprovalStatus | None, limit: int, cursor: str | None
+    ) -> ApprovalPage:
+        sql = self._shared.statements
+        clock = self._clock
+        values = {
+            "b_scope": self._prefix,
+            "b_cursor": cursor or "",
+            "b_status": status or "",
+            "b_limit": limit + 1,
+        }
+
+        def step(conn: Connection) -> list[Approval]:
+            now = clock.time()
+            rows = conn.execute(sql.apr_list, {**values, "b_now": now}).all()
+            return [_approval_of_row(row, now) for row in rows]
+
+        return approval_page(await self.run("list_approvals", step), limit)
+
+    async def decide_approval(
+        self, approval_id: str, *, approved: bool, by: str, reason: str
+    ) -> tuple[Approval | None, bool]:
+        sql = self._shared.statements
+        clock = self._clock
+        key = self._approval_key(approval_id)
+        values = {
+            "b_key": key,
+            "b_status": "approved" if approved else "rejected",
+            "b_by": by,
+            "b_reason": reason,
+            "b_channel": APPROVAL_CHANNEL,
+        }
+        push = self._backend == "postgresql"
+
+        def step(conn: Connection) -> tuple[Approval | None, bool]:
+            now = clock.time()
+            row = conn.execute(sql.apr_decide, {**values, "b_now": now}).first()
+            if row is not None:
+                if push:
+                    conn.execute(sql.apr_notify, values)
+                return _approval_of_row(row, now), True
+            current = conn.execute(sql.apr_get, {"b_key": key, "b_now": now}).first()
+            return (None if current is None else _approval_of_row(current, now)), False
+
+        outcome = await self.run("decide_approval", step)
+        if outcome[1]:
+            self._shared.notifier.notify(key)  # waiters in this process, without the round trip
+        return outcome
+
+    def approval_wakeups(self, approval_id: str) -> AbstractAsyncContextManager[Wakeup]:
+        key = self._approval_key(approval_id)
+        listener = self._shared.listener
+        if listener is None:  # SQLite: this process hears its own decisions; others poll
+            return self._shared.notifier.watch(key)
+        return self._listening(key, listener)
+
+    @contextlib.asynccontextmanager
+    async def _listening(self, key: str, listener: PgListener) -> AsyncIterator[Wakeup]:
+        await listener.ensure()
+        async with self._shared.notifier.watch(key, refresh=listener.ensure) as wakeup:
+            yield wakeup
+
+
+def _approval_of_row(row: Any, now: float) -> Approval:
+    """The approval a row of ``Statements.apr_columns`` holds, as it reads at ``now``."""
+    (
+        approval_id,
+        run_id,
+        agent_name,
+        tool_name,
+        arguments,
+        fingerprint,
+        risk_level,
+        description,
+        session_id,
+        status,
+        created_at,
+        expires_at,
+        decided_at,
+        decided_by,
+        reason,
+    ) = row
+    approval = Approval(
+        approval_id=approval_id,
+        run_id=run_id,
+        agent_name=agent_name,
+        tool_name=tool_name,
+        tool_arguments=json.loads(arguments),
+        risk_level=risk_level,
+        description=description,
+        session_id=session_id,
+        call_hash=fingerprint,
+        status=status,
+        created_at=float(created_at),
+        expires_at=float(expires_at),
+        decided_at=None if decided_at is None else float(decided_at),
+        decided_by=decided_by,
+        reason=reason,
+    )
+    return as_of(approval, now)
 
 
 def _idempotency_record(row: Any) -> tuple[str, float, StoredResponse | None]:

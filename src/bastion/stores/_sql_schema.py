@@ -27,6 +27,7 @@ from sqlalchemy import (
 __all__ = [
     "METADATA",
     "VERSION_TABLE",
+    "approvals",
     "audit_heads",
     "audit_log",
     "budget_caps",
@@ -163,3 +164,30 @@ session_messages = Table(
     Column("body", LargeBinary, nullable=False),
 )
 """The messages of each session, numbered from 0 in the order they were appended."""
+
+approvals = Table(
+    "bastion_approvals",
+    METADATA,
+    Column("key", Text, primary_key=True),
+    Column("scope", Text, nullable=False),
+    Column("approval_id", Text, nullable=False),
+    Column("run_id", Text, nullable=False),
+    Column("agent_name", Text, nullable=False),
+    Column("tool_name", Text, nullable=False),
+    Column("tool_arguments", Text, nullable=False),
+    Column("call_hash", Text, nullable=False),
+    Column("risk_level", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("session_id", Text, nullable=True),
+    Column("status", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("purge_at", Double, nullable=False),
+    Column("decided_at", Double, nullable=True),
+    Column("decided_by", Text, nullable=True),
+    Column("reason", Text, nullable=True),
+    Index("ix_bastion_approvals_scope_approval_id", "scope", "approval_id"),
+    Index("ix_bastion_approvals_purge_at", "purge_at"),
+)
+"""One row per approval (``key`` is scope path + id): ``status`` as decided (``pending``
+reads as expired past ``expires_at``), ``tool_arguments`` as JSON; gone at ``purge_at``."""

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from bastion.stores._sql_schema import (
+    approvals,
     budget_caps,
     budget_holds,
     checkpoints,
@@ -249,11 +250,94 @@ class Statements:
         )
         """The messages of every session expired by ``b_now``, then the sessions."""
 
+        apr = approvals
+        self.apr_columns = (
+            apr.c.approval_id,
+            apr.c.run_id,
+            apr.c.agent_name,
+            apr.c.tool_name,
+            apr.c.tool_arguments,
+            apr.c.call_hash,
+            apr.c.risk_level,
+            apr.c.description,
+            apr.c.session_id,
+            apr.c.status,
+            apr.c.created_at,
+            apr.c.expires_at,
+            apr.c.decided_at,
+            apr.c.decided_by,
+            apr.c.reason,
+        )
+        """The columns an approval is read from, in :func:`approval_of_row`'s order."""
+        self.apr_insert = (
+            upsert(apr)
+            .values(
+                key=key,
+                scope=sa.bindparam("b_scope"),
+                approval_id=sa.bindparam("b_id"),
+                run_id=sa.bindparam("b_run"),
+                agent_name=sa.bindparam("b_agent"),
+                tool_name=sa.bindparam("b_tool"),
+                tool_arguments=sa.bindparam("b_arguments"),
+                call_hash=sa.bindparam("b_hash"),
+                risk_level=sa.bindparam("b_risk"),
+                description=sa.bindparam("b_description"),
+                session_id=sa.bindparam("b_session"),
+                status="pending",
+                created_at=now,
+                expires_at=sa.bindparam("b_expires"),
+                purge_at=sa.bindparam("b_purge"),
+            )
+            .on_conflict_do_nothing()
+            .returning(apr.c.key)
+        )
+        """Create a pending approval unless its key is taken; returns nothing if it was."""
+        self.apr_purge = sa.delete(apr).where(apr.c.key == key, apr.c.purge_at <= now)
+        """Drop a purged approval whose id is being reused (before ``apr_insert``)."""
+        self.apr_get = sa.select(*self.apr_columns).where(apr.c.key == key, apr.c.purge_at > now)
+        self.apr_decide = (
+            sa.update(apr)
+            .where(
+                apr.c.key == key,
+                apr.c.status == "pending",
+                apr.c.expires_at > now,
+                apr.c.purge_at > now,
+            )
+            .values(
+                status=sa.bindparam("b_status"),
+                decided_at=now,
+                decided_by=sa.bindparam("b_by"),
+                reason=sa.bindparam("b_reason"),
+            )
+            .returning(*self.apr_columns)
+        )
+        """Record a decision if the approval is still decidable: one locking update, so of
+        concurrent deciders exactly one matches; returns the decided row, or nothing."""
+        effective = sa.case(
+            (sa.and_(apr.c.status == "pending", apr.c.expires_at <= now), "expired"),
+            else_=apr.c.status,
+        )
+        status: Any = sa.bindparam("b_status")
+        self.apr_list = (
+            sa.select(*self.apr_columns)
+            .where(
+                apr.c.scope == sa.bindparam("b_scope"),
+                apr.c.approval_id > sa.bindparam("b_cursor"),
+                apr.c.purge_at > now,
+                sa.or_(status == "", effective == status),
+            )
+            .order_by(apr.c.approval_id)
+            .limit(sa.bindparam("b_limit"))
+        )
+        self.apr_notify = sa.select(sa.func.pg_notify(sa.bindparam("b_channel"), key))
+        """PostgreSQL only: tell every listener that ``b_key`` changed, at commit."""
+
         self.sweeps = (
             sa.delete(limits).where(limits.c.expires_at <= now),
             sa.delete(holds).where(holds.c.hold_until <= now),
             sa.delete(caps).where(caps.c.expires_at <= now),
             sa.delete(idem).where(idem.c.expires_at <= now),
             sa.delete(ckpt).where(ckpt.c.expires_at <= now),
+            sa.delete(apr).where(apr.c.purge_at <= now),
         )
         """What has expired by ``b_now``, to delete every so often."""
