@@ -75,11 +75,8 @@ async def test_twenty_concurrent_requests_run_once_and_share_the_response(
     await clock.wait_for_sleepers(19, max_yields=1_000_000)
     assert work.runs == 1
     work.gate.set()
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)  # the owner: no one else wakes
-    while not all(task.done() for task in tasks):
-        if clock.pending_sleepers:
-            clock.advance(0.1)  # every waiter polls once more and finds the response
-        await asyncio.sleep(0)
+    async with asyncio.timeout(10):  # the stored response wakes every waiter: no clock moves
+        await asyncio.gather(*tasks)
     results = [task.result() for task in tasks]
     assert work.runs == 1
     assert sum(not r.hit for r in results) == 1
@@ -102,6 +99,68 @@ async def test_a_repeat_that_outwaits_the_first_gets_409(store: Any, clock: Fake
     assert isinstance(caught.value, BastionError)
     work.gate.set()
     assert (await first) == OK
+    assert work.runs == 1
+
+
+async def test_a_waiting_repeat_answers_as_soon_as_the_first_is_stored(
+    store: Any, clock: FakeClock
+) -> None:
+    idem = Idempotency(store, clock=clock, wait=30.0, poll_interval=30.0)
+    work, k = Work(), key()
+    work.gate = asyncio.Event()
+    first = asyncio.create_task(idem.run(k, "fp", work))
+    await work.started.wait()
+    repeat = asyncio.create_task(idem.run(k, "fp", work))
+    await clock.wait_for_sleepers(1, max_yields=1_000_000)
+    work.gate.set()
+    async with asyncio.timeout(5):  # woken by the stored response, not by a poll
+        replayed = await repeat
+    assert replayed.hit
+    assert (await first) == OK
+    assert (work.runs, clock.monotonic()) == (1, 0.0)
+
+
+async def test_a_waiting_repeat_takes_over_at_once_when_the_first_fails(
+    store: Any, clock: FakeClock
+) -> None:
+    idem = Idempotency(store, clock=clock, wait=30.0, poll_interval=30.0)
+    failing, k = Work(), key()
+    failing.gate = asyncio.Event()
+
+    async def fail() -> StoredResponse:
+        await failing()
+        raise RuntimeError("upstream broke")
+
+    first = asyncio.create_task(idem.run(k, "fp", fail))
+    await failing.started.wait()
+    retry = Work()
+    repeat = asyncio.create_task(idem.run(k, "fp", retry))
+    await clock.wait_for_sleepers(1, max_yields=1_000_000)
+    failing.gate.set()
+    with pytest.raises(RuntimeError, match="upstream broke"):
+        await first
+    async with asyncio.timeout(5):  # the release woke it: it owns the key now and runs
+        assert (await repeat) == OK
+    assert retry.runs == 1
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "redis"], indirect=True)
+async def test_a_repeat_in_another_process_is_woken_by_the_stored_response(
+    make_store: Any, clock: FakeClock
+) -> None:
+    """Two stores with their own connections stand for two processes: push, not poll."""
+    first_side, repeat_side = make_store(clock=clock), make_store(clock=clock)
+    work, k = Work(), key()
+    work.gate = asyncio.Event()
+    first = asyncio.create_task(Idempotency(first_side, clock=clock).run(k, "fp", work))
+    await work.started.wait()
+    idem = Idempotency(repeat_side, clock=clock, wait=30.0, poll_interval=30.0)
+    repeat = asyncio.create_task(idem.run(k, "fp", work))
+    await clock.wait_for_sleepers(1, max_yields=1_000_000)
+    work.gate.set()
+    assert (await first) == OK
+    async with asyncio.timeout(5):
+        assert (await repeat).hit
     assert work.runs == 1
 
 

@@ -7,9 +7,9 @@ within ``ttl`` gets that response back (``hit=True``) without running again.
 
 :meth:`Idempotency.run` applies the rules, on any :class:`IdempotencyStore`:
 
-- a repeat that arrives while the first request still runs waits for it,
-  polling every ``poll_interval`` for at most ``wait`` seconds, then gets
-  :class:`IdempotencyConflict` (HTTP 409) -- the client should retry later;
+- a repeat that arrives while the first request still runs waits for it, for
+  at most ``wait`` seconds, then gets :class:`IdempotencyConflict` (HTTP 409)
+  -- the client should retry later;
 - the same key with a different request (another ``fingerprint``) gets
   :class:`IdempotencyMismatch` (HTTP 422): a key names one request, never two;
 - an outcome that should not be replayed releases the key, so a retry runs
@@ -18,9 +18,12 @@ within ``ttl`` gets that response back (``hit=True``) without running again.
 - the claim is a lock that lapses after ``lock_ttl``: a process that dies
   mid-request blocks its key only that long.
 
-Waiting is polling rather than a notification: it works the same on every
-backend, and a repeat of a running request is rare enough that a poll every
-100 ms costs nothing worth a subscription.
+A waiting repeat is woken the moment the first request's response is stored
+or its key released -- in-process on every backend, across processes by
+PostgreSQL ``NOTIFY`` and Redis pub/sub -- and reads the store again every
+``poll_interval`` as well, which is all SQLite offers across processes and
+the safety net under a lost notification. Only a repeat pays for this: the
+first request with a key never subscribes to anything.
 
 When the store is unreachable, ``failure_mode="closed"`` (the default)
 raises :class:`~bastion._core.errors.StoreUnavailableError` -- running
@@ -53,6 +56,13 @@ __all__ = [
 ]
 
 _log = logging.getLogger("bastion.stores")
+
+
+class _Running:
+    """The claim found the key held by a request still running."""
+
+
+_RUNNING = _Running()
 
 
 class IdempotencyConflict(BastionError):
@@ -200,24 +210,37 @@ class Idempotency:
 
     async def _claim(self, key: str, fingerprint: str, token: str) -> StoredResponse | None:
         """The stored response for a repeat, or None once this call owns ``key``."""
+        outcome = await self._try_claim(key, fingerprint, token)
+        if not isinstance(outcome, _Running):
+            return outcome
         clock = self._clock
-        deadline: float | None = None
-        while True:
-            claim: Claim = await self._store.claim_idempotency_key(
-                key, fingerprint, token, lock_ttl=self._lock_ttl
-            )
-            if claim.fingerprint != fingerprint:
-                raise IdempotencyMismatch(key)
-            if claim.state == "acquired":
-                return None
-            if claim.response is not None:
-                return replace(claim.response, hit=True)
-            now = clock.monotonic()
-            if deadline is None:
-                deadline = now + self._wait
-            if now >= deadline:
-                raise IdempotencyConflict(key, waited=self._wait)
-            await clock.sleep(min(self._poll, deadline - now))
+        deadline = clock.monotonic() + self._wait
+        # Only a duplicate pays for a wake-up; it registers before claiming again, so a
+        # response stored in between is not missed.
+        async with self._store.idempotency_wakeups(key) as wakeup:
+            while True:
+                outcome = await self._try_claim(key, fingerprint, token)
+                if not isinstance(outcome, _Running):
+                    return outcome
+                left = deadline - clock.monotonic()
+                if left <= 0:
+                    raise IdempotencyConflict(key, waited=self._wait)
+                await wakeup.wait(min(self._poll, left), clock=clock)
+
+    async def _try_claim(
+        self, key: str, fingerprint: str, token: str
+    ) -> StoredResponse | _Running | None:
+        """One claim: the stored response, None when acquired, or _RUNNING."""
+        claim: Claim = await self._store.claim_idempotency_key(
+            key, fingerprint, token, lock_ttl=self._lock_ttl
+        )
+        if claim.fingerprint != fingerprint:
+            raise IdempotencyMismatch(key)
+        if claim.state == "acquired":
+            return None
+        if claim.response is not None:
+            return replace(claim.response, hit=True)
+        return _RUNNING
 
     async def _release(self, key: str, token: str) -> None:
         try:

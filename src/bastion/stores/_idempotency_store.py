@@ -12,13 +12,21 @@ Only the owner's ``token`` (a fresh random id per attempt) can store a
 response or release the key, so an owner whose lock lapsed and was taken over
 cannot overwrite the new owner's record. Time is the store's: its clock for
 the memory and SQL stores, the server's (or the test clock given) for Redis.
+
+A duplicate that finds the key running waits for the first request; storing
+the response or releasing the key wakes it (in-process on every backend,
+across processes by PostgreSQL ``NOTIFY`` and Redis pub/sub), so it answers
+as soon as the first one does instead of at its next poll.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
+
+from bastion.stores._wakeup import Wakeup
 
 __all__ = [
     "Claim",
@@ -105,4 +113,12 @@ class IdempotencyStore(Protocol):
 
     async def release_idempotency_key(self, key: str, token: str) -> None:
         """Forget ``key`` if ``token`` still owns it (twice, or after a takeover, is harmless)."""
+        ...
+
+    def idempotency_wakeups(self, key: str) -> AbstractAsyncContextManager[Wakeup]:
+        """A wake-up that fires when ``key``'s response is stored or its claim released.
+
+        Entered *before* claiming again, so a change in between still wakes
+        the duplicate. A wake-up may be spurious: claim again to see.
+        """
         ...

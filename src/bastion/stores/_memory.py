@@ -246,15 +246,21 @@ class MemoryStore(ScopedView):
             if stored is None or stored[3] != token or stored[2] is not None:
                 return False
             records[full] = (stored[0], self._clock.time() + ttl, response, token)
-            return True
+        self._state.notifier.notify("idem:" + full)
+        return True
 
     async def release_idempotency_key(self, key: str, token: str) -> None:
         records = self._state.idempotency
         full = self._prefix + key
         with self._state.lock:
             stored = records.get(full)
-            if stored is not None and stored[3] == token and stored[2] is None:
-                del records[full]
+            if stored is None or stored[3] != token or stored[2] is not None:
+                return
+            del records[full]
+        self._state.notifier.notify("idem:" + full)
+
+    def idempotency_wakeups(self, key: str) -> AbstractAsyncContextManager[Wakeup]:
+        return self._state.notifier.watch("idem:" + self._prefix + key)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -413,8 +419,8 @@ class MemoryStore(ScopedView):
             approval = decided(approval, approved=approved, by=by, reason=reason, now=now)
             records = self._state.approvals[self._prefix]
             records[approval_id] = (approval, records[approval_id][1])
-        self._state.notifier.notify(self._prefix + approval_id)
+        self._state.notifier.notify("apr:" + self._prefix + approval_id)
         return approval, True
 
     def approval_wakeups(self, approval_id: str) -> AbstractAsyncContextManager[Wakeup]:
-        return self._state.notifier.watch(self._prefix + approval_id)
+        return self._state.notifier.watch("apr:" + self._prefix + approval_id)

@@ -79,13 +79,13 @@ class PgListener:
                 await self._drop()
                 if not self._failing:
                     _log.warning(
-                        "postgresql: cannot LISTEN for approvals (%s); waiters poll instead",
+                        "postgresql: cannot LISTEN for changes (%s); waiters poll instead",
                         summarize(exc),
                     )
                 self._failing = True
             else:
                 if self._failing:
-                    _log.info("postgresql: listening for approvals again")
+                    _log.info("postgresql: listening for changes again")
                 self._failing = False
 
     async def _listen(self) -> None:

@@ -266,7 +266,7 @@ class RedisStore(ScopedView):
             clock=clock,
             timeout=self._timeout,
             batch=batch,
-            channel=f"{self._namespace}:approvals",
+            channel=f"{self._namespace}:changes",
         )
         self._scope: tuple[str, ...] = ()
         self._prefix = scope_path(())
@@ -408,14 +408,18 @@ class RedisStore(ScopedView):
     ) -> bool:
         script = self._shared.scripts["idem_store"]
         args: list[str | int | bytes] = [self._shared.now(), token, repr(ttl), response.status]
-        args += [encode_headers(response.headers), response.body]
+        args += [encode_headers(response.headers), response.body, self._shared.listener.channel]
         work = script(keys=[self._idempotency_key(key)], args=args)
         return int(await self._call("store_idempotent_response", work)) == 1
 
     async def release_idempotency_key(self, key: str, token: str) -> None:
         script = self._shared.scripts["idem_release"]
-        work = script(keys=[self._idempotency_key(key)], args=[token])
+        args = [token, self._shared.listener.channel]
+        work = script(keys=[self._idempotency_key(key)], args=args)
         await self._call("release_idempotency_key", work)
+
+    def idempotency_wakeups(self, key: str) -> AbstractAsyncContextManager[Wakeup]:
+        return self._listening(self._idempotency_key(key))
 
     # -- checkpoints ---------------------------------------------------------------------------
 

@@ -386,22 +386,28 @@ return {'acquired', ARGV[2]}
 IDEMPOTENCY_STORE = (
     _IDEMPOTENCY_NOW
     + """
--- KEYS[1]: the key's hash. ARGV: now, token, ttl (seconds), status, headers, body.
--- Reply: 1 when the token still owned the running record and the response was stored.
+-- KEYS[1]: the key's hash. ARGV: now, token, ttl (seconds), status, headers, body, channel.
+-- Reply: 1 when the token still owned the running record and the response was stored (then the
+-- key is published on the channel, to wake duplicates waiting for it).
 local r = redis.call('HMGET', KEYS[1], 'token', 'status')
 if r[1] ~= ARGV[2] or r[2] then return 0 end
 local ttl = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'until', string.format('%.17g', now + ttl),
   'status', ARGV[4], 'headers', ARGV[5], 'body', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], string.format('%d', math.ceil(ttl * 1000)))
+redis.call('PUBLISH', ARGV[7], KEYS[1])
 return 1
 """
 )
 
 IDEMPOTENCY_RELEASE = """
--- KEYS[1]: the key's hash. ARGV: token. Deletes the running record the token owns.
+-- KEYS[1]: the key's hash. ARGV: token, channel. Deletes the running record the token owns and
+-- publishes the key, so a duplicate waiting for it takes it over at once.
 local r = redis.call('HMGET', KEYS[1], 'token', 'status')
-if r[1] == ARGV[1] and not r[2] then redis.call('DEL', KEYS[1]) end
+if r[1] == ARGV[1] and not r[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], KEYS[1])
+end
 return 1
 """
 

@@ -90,8 +90,9 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 _SWEEP_EVERY = 1000
 _PG_MIGRATION_LOCK = 0x62617374  # pg_advisory_xact_lock key: one migrator at a time
 _UNDEFINED_TABLE = "42P01"
-APPROVAL_CHANNEL = "bastion_approvals"
-"""The PostgreSQL channel a decision is announced on (payload: the approval's full key)."""
+CHANGE_CHANNEL = "bastion_changes"
+"""The PostgreSQL channel a change that waiters care about is announced on (payload: its key):
+a decided approval, a stored or released idempotency key."""
 
 
 def _engine_url(url: str) -> tuple[sa.URL, str]:
@@ -176,7 +177,7 @@ class _Shared:
         self.closed = False
         self.notifier = Notifier()
         self.listener = (
-            PgListener(async_engine, channel=APPROVAL_CHANNEL, notifier=self.notifier, timeout=5.0)
+            PgListener(async_engine, channel=CHANGE_CHANNEL, notifier=self.notifier, timeout=5.0)
             if async_engine is not None
             else None
         )
@@ -517,28 +518,46 @@ class SQLStore(ScopedView):
     ) -> bool:
         sql = self._shared.statements
         clock = self._clock
+        full = self._prefix + "idem:" + key
         values = {
-            "b_key": self._prefix + "idem:" + key,
+            "b_key": full,
             "b_token": token,
             "b_status": response.status,
             "b_headers": encode_headers(response.headers),
             "b_body": response.body,
+            "b_channel": CHANGE_CHANNEL,
         }
+        push = self._backend == "postgresql"
 
         def step(conn: Connection) -> bool:
             row = {**values, "b_expires": clock.time() + ttl}
-            return conn.execute(sql.idem_store, row).first() is not None
+            stored = conn.execute(sql.idem_store, row).first() is not None
+            if stored and push:
+                conn.execute(sql.notify, values)
+            return stored
 
-        return await self.run("store_idempotent_response", step)
+        stored = await self.run("store_idempotent_response", step)
+        if stored:
+            self._shared.notifier.notify(full)
+        return stored
 
     async def release_idempotency_key(self, key: str, token: str) -> None:
         sql = self._shared.statements
-        row = {"b_key": self._prefix + "idem:" + key, "b_token": token}
+        full = self._prefix + "idem:" + key
+        row = {"b_key": full, "b_token": token, "b_channel": CHANGE_CHANNEL}
+        push = self._backend == "postgresql"
 
-        def step(conn: Connection) -> None:
-            conn.execute(sql.idem_release, row)
+        def step(conn: Connection) -> bool:
+            released = bool(conn.execute(sql.idem_release, row).rowcount)
+            if released and push:
+                conn.execute(sql.notify, row)
+            return released
 
-        await self.run("release_idempotency_key", step)
+        if await self.run("release_idempotency_key", step):
+            self._shared.notifier.notify(full)
+
+    def idempotency_wakeups(self, key: str) -> AbstractAsyncContextManager[Wakeup]:
+        return self._wakeups(self._prefix + "idem:" + key)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -756,7 +775,7 @@ class SQLStore(ScopedView):
             "b_status": "approved" if approved else "rejected",
             "b_by": by,
             "b_reason": reason,
-            "b_channel": APPROVAL_CHANNEL,
+            "b_channel": CHANGE_CHANNEL,
         }
         push = self._backend == "postgresql"
 
@@ -765,7 +784,7 @@ class SQLStore(ScopedView):
             row = conn.execute(sql.apr_decide, {**values, "b_now": now}).first()
             if row is not None:
                 if push:
-                    conn.execute(sql.apr_notify, values)
+                    conn.execute(sql.notify, values)
                 return _approval_of_row(row, now), True
             current = conn.execute(sql.apr_get, {"b_key": key, "b_now": now}).first()
             return (None if current is None else _approval_of_row(current, now)), False
@@ -776,9 +795,11 @@ class SQLStore(ScopedView):
         return outcome
 
     def approval_wakeups(self, approval_id: str) -> AbstractAsyncContextManager[Wakeup]:
-        key = self._approval_key(approval_id)
+        return self._wakeups(self._approval_key(approval_id))
+
+    def _wakeups(self, key: str) -> AbstractAsyncContextManager[Wakeup]:
         listener = self._shared.listener
-        if listener is None:  # SQLite: this process hears its own decisions; others poll
+        if listener is None:  # SQLite: this process hears its own changes; others poll
             return self._shared.notifier.watch(key)
         return self._listening(key, listener)
 

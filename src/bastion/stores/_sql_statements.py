@@ -329,7 +329,7 @@ class Statements:
             .order_by(apr.c.approval_id)
             .limit(sa.bindparam("b_limit"))
         )
-        self.apr_notify = sa.select(sa.func.pg_notify(sa.bindparam("b_channel"), key))
+        self.notify = sa.select(sa.func.pg_notify(sa.bindparam("b_channel"), key))
         """PostgreSQL only: tell every listener that ``b_key`` changed, at commit."""
 
         self.sweeps = (
