@@ -69,3 +69,10 @@ def test_exported_objects_are_bastions_own_and_importable_from_home(module_name:
 def test_version() -> None:
     assert isinstance(bastion.__version__, str)
     assert bastion.__version__[0].isdigit()
+
+
+@pytest.mark.parametrize("module_name", ["bastion", "bastion.resilience"])
+def test_store_health_is_public(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    for name in ("DegradedStore", "StoreCheck", "StoreHealth", "check_stores"):
+        assert name in module.__all__, f"{module_name}.{name} is not exported"

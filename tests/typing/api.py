@@ -11,9 +11,11 @@ from bastion import (
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitBreakerRegistry,
+    DegradedStore,
     DrainReport,
     Fallback,
     FallbackResult,
+    HealthConfig,
     HealthReport,
     RateLimitConfig,
     RateLimitDecision,
@@ -21,11 +23,17 @@ from bastion import (
     ResilientAgent,
     Retry,
     RetryConfig,
+    StoreCheck,
+    StoreHealth,
     Timeout,
+    check_stores,
     resilient,
     retry,
     with_resilience,
 )
+from bastion.agents import Agent, RunResult
+from bastion.models import ScriptedModel
+from bastion.stores import Checkpoints, open_store
 from bastion.testing import FakeClock
 
 
@@ -109,3 +117,27 @@ async def primitives() -> None:
     assert_type(RateLimiter().try_acquire("k"), RateLimitDecision)
     assert_type(CircuitBreakerRegistry().get("model"), CircuitBreaker)
     assert_type(await Fallback([async_fn]).call("q"), FallbackResult[Any])
+
+
+async def resumable_agents() -> None:
+    checkpoints = Checkpoints(open_store("sqlite:///runs.db"), ttl=3600.0)
+    agent = Agent(name="a", model=ScriptedModel(["hi"]), checkpoints=checkpoints)
+    assert_type(await agent.run("q", run_id="job-42"), RunResult)
+    assert_type(agent.checkpoints, Checkpoints | None)
+
+
+async def store_health() -> None:
+    store = open_store("redis://localhost:6379/0")
+    checks = await check_stores(store, open_store("memory://"), timeout=0.5)
+    assert_type(checks, tuple[StoreCheck, ...])
+    assert_type(checks[0].ok, bool)
+    assert_type(checks[0].to_dict(), dict[str, Any])
+    watch = StoreHealth(sources=["api"], degraded_for=10.0, clock=FakeClock())
+    assert_type(watch.degraded(), tuple[DegradedStore, ...])
+    watch.close()
+    report = with_resilience(
+        AsyncAgent(),
+        rate_limit=RateLimiter(RateLimitConfig(on_store_failure="closed"), backend=store),
+        health_check=HealthConfig(store_degraded_for=15.0),
+    ).health()
+    assert_type(report.degraded_stores, tuple[DegradedStore, ...])

@@ -2,7 +2,9 @@
 
 Each works alone (as an object, a decorator, or through ``call``/``call_sync``);
 :func:`with_resilience` composes them in the one order documented in the
-pipeline module.
+pipeline module. Health lives here too: an agent's report, and the view of
+shared stores (:class:`StoreHealth`, :func:`check_stores`) that reports and
+readiness checks read.
 """
 
 from bastion.resilience._agent import (
@@ -35,6 +37,7 @@ from bastion.resilience._registry import CircuitBreakerRegistry
 from bastion.resilience._retry import Retry, RetryConfig, RetryState, retry
 from bastion.resilience._retry_budget import RetryBudget
 from bastion.resilience._shutdown import DrainReport
+from bastion.resilience._store_health import DegradedStore, StoreCheck, StoreHealth, check_stores
 from bastion.resilience._timeout import Timeout
 from bastion.resilience._window_log import RateLimitBackend, SlidingWindowLog
 
@@ -47,6 +50,7 @@ __all__ = [
     "CircuitBreakerRegistry",
     "CircuitMetrics",
     "CircuitState",
+    "DegradedStore",
     "DrainReport",
     "Fallback",
     "FallbackResult",
@@ -68,7 +72,10 @@ __all__ = [
     "RetryState",
     "SkippedAlternative",
     "SlidingWindowLog",
+    "StoreCheck",
+    "StoreHealth",
     "Timeout",
+    "check_stores",
     "counts_against_callee",
     "estimate_tokens",
     "is_client_error",

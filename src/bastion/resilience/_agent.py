@@ -13,7 +13,8 @@ retry              ``RetryConfig(max_retries=2, backoff=0.5, max_backoff=5.0)``
 bulkhead           off (``True`` gives ``BulkheadConfig()``)
 total_timeout      off (seconds over all attempts)
 fallback           none
-health_check       ``True`` (``HealthConfig()`` thresholds)
+health_check       ``True`` (``HealthConfig()`` thresholds; a rate limiter counting in a
+                   shared store also reports that store's outages)
 graceful_shutdown  ``True``: drain on SIGTERM (see the shutdown module), 30 s
 =================  =====================================================================
 
@@ -43,6 +44,7 @@ from bastion.resilience._pipeline import Pipeline
 from bastion.resilience._ratelimit import RateLimitConfig, RateLimiter
 from bastion.resilience._retry import Retry, RetryConfig
 from bastion.resilience._shutdown import DrainReport, ShutdownGate, watch_sigterm
+from bastion.resilience._store_health import StoreHealth
 from bastion.resilience._timeout import check_timeout
 
 __all__ = ["ResilienceOptions", "ResilientAgent", "resilient", "with_resilience"]
@@ -379,10 +381,11 @@ def _build(wrapped: object, target: Target, options: ResilienceOptions) -> Resil
     health: HealthTracker | None
     if health_option is False:
         health = None
-    elif health_option is True:
-        health = HealthTracker(clock=clock)
-    elif isinstance(health_option, HealthConfig):
-        health = HealthTracker(config=health_option, clock=clock)
+    elif health_option is True or isinstance(health_option, HealthConfig):
+        health_config = HealthConfig() if health_option is True else health_option
+        health = HealthTracker(
+            config=health_config, clock=clock, stores=_watch_stores(limiter, health_config, clock)
+        )
     else:
         msg = f"health_check must be True, False or a HealthConfig, got {health_option!r}"
         raise ConfigurationError(msg)
@@ -413,6 +416,26 @@ def _build(wrapped: object, target: Target, options: ResilienceOptions) -> Resil
         health=health,
         graceful_shutdown=bool(options.get("graceful_shutdown", True)),
         shutdown_timeout=shutdown_timeout,
+    )
+
+
+def _watch_stores(
+    limiter: RateLimiter | None, config: HealthConfig, clock: Clock
+) -> StoreHealth | None:
+    """Listen for the outages of the agent's store-backed parts -- today, a limiter on a store.
+
+    The watch listens on the limiter's own bus (a shared limiter may emit to
+    another bus than the agent's) and to its name only, so an agent never
+    reports a store that some other component of the process failed to reach.
+    An agent without a store-backed part subscribes to nothing.
+    """
+    if limiter is None or limiter._store is None:
+        return None
+    return StoreHealth(
+        bus=limiter._bus,
+        clock=clock,
+        degraded_for=config.store_degraded_for,
+        sources=(limiter.name,),
     )
 
 

@@ -8,8 +8,24 @@ status by these rules, first match wins:
 2. ``degraded`` -- the circuit is ``half_open`` (probing a recovering callee),
    or at least ``degraded_failure_rate`` (default 25 %) of the last
    ``recent_runs`` (default 20) finished runs failed, once at least
-   ``min_runs`` (default 5) of them were seen;
+   ``min_runs`` (default 5) of them were seen, or a shared store of the
+   agent's (its rate limiter's) could not be reached within the last
+   ``store_degraded_for`` seconds (default 30);
 3. ``healthy`` otherwise.
+
+A store that does not answer makes the agent ``degraded`` and never
+``unhealthy``, whichever failure mode its concern declared. Fail-open calls
+still go through. Fail-closed calls are refused, yet ``unhealthy`` would be
+the wrong signal: it tells a load balancer to send work to another
+instance, and every instance shares the same store, so all of them would
+leave rotation at once; and since recovery is seen only when the quiet
+period ends (see :mod:`bastion.resilience._store_health`), the status would
+outlast the outage -- a 2-second Redis blip would become 30 seconds of a
+service refusing everything. The refusals stay visible: each run raises
+``StoreUnavailableError`` (HTTP 503) and counts in the recent failure rate,
+and the report's ``degraded_stores`` entry says ``action="refused"``. A
+readiness check that must follow a store exactly pings it with
+:func:`~bastion.resilience.check_stores`.
 
 A run served by a fallback counts as a success that was degraded
 (``fallback_runs``), and the primary's failure behind it counts in the recent
@@ -32,7 +48,8 @@ from typing import Any
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import RejectedError, summarize
-from bastion._core.validate import fraction, invalid, whole_number
+from bastion._core.validate import fraction, invalid, positive_number, whole_number
+from bastion.resilience._store_health import DegradedStore, StoreHealth
 
 __all__ = ["HealthConfig", "HealthReport", "HealthStatus", "HealthTracker"]
 
@@ -51,10 +68,15 @@ class HealthConfig:
     degraded_failure_rate: float = 0.25
     min_runs: int = 5
     latency_samples: int = 1024
+    store_degraded_for: float = 30.0
+    """Seconds a store stays degraded in the report after the latest failure to reach it: long
+    enough to ride out a store that flaps and to be seen by a scrape every 15 s, as short as the
+    circuit breaker's default ``reset_timeout``."""
 
     def __post_init__(self) -> None:
         for option in ("recent_runs", "min_runs", "latency_samples"):
             whole_number(getattr(self, option), f"HealthConfig.{option}")
+        positive_number(self.store_degraded_for, "HealthConfig.store_degraded_for", unit="seconds")
         fraction(self.degraded_failure_rate, "HealthConfig.degraded_failure_rate", hint="e.g. 0.25")
         if self.min_runs > self.recent_runs:
             invalid(
@@ -66,7 +88,11 @@ class HealthConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HealthReport:
-    """A snapshot of one agent's health; ``to_dict()`` gives a JSON-ready form."""
+    """A snapshot of one agent's health; ``to_dict()`` gives a JSON-ready form.
+
+    ``degraded_stores`` lists the shared stores the agent's parts could not
+    reach lately (empty when all answer, or when no part uses a store).
+    """
 
     name: str
     status: HealthStatus
@@ -85,19 +111,32 @@ class HealthReport:
     last_run_at: float | None
     in_flight: int
     shutting_down: bool
+    degraded_stores: tuple[DegradedStore, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["status"] = str(self.status)
+        data["degraded_stores"] = [asdict(store) for store in self.degraded_stores]
         return data
 
 
 class HealthTracker:
-    """Counts finished runs; thread-safe, O(1) per run."""
+    """Counts finished runs; thread-safe, O(1) per run.
 
-    def __init__(self, *, config: HealthConfig | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+    ``stores`` is what it asks, at report time only, about the agent's shared
+    stores; a run never touches it.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: HealthConfig | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        stores: StoreHealth | None = None,
+    ) -> None:
         self.config = config or HealthConfig()
         self._clock = clock
+        self._stores = stores
         self._lock = threading.Lock()
         self._started = clock.monotonic()
         self._runs = 0
@@ -161,11 +200,14 @@ class HealthTracker:
             snapshot = (self._failures, self._rejected, self._fallbacks, self._last_error)
             last_run_at = self._last_run_at
         failures, rejected, fallbacks, last_error = snapshot
+        degraded_stores = self._stores.degraded() if self._stores is not None else ()
         cfg = self.config
         if shutting_down or circuit_state in ("open", "forced_open"):
             status = HealthStatus.UNHEALTHY
-        elif circuit_state == "half_open" or (
-            recent_count >= cfg.min_runs and recent_rate >= cfg.degraded_failure_rate
+        elif (
+            circuit_state == "half_open"
+            or degraded_stores
+            or (recent_count >= cfg.min_runs and recent_rate >= cfg.degraded_failure_rate)
         ):
             status = HealthStatus.DEGRADED
         else:
@@ -188,6 +230,7 @@ class HealthTracker:
             last_run_at=last_run_at,
             in_flight=in_flight,
             shutting_down=shutting_down,
+            degraded_stores=degraded_stores,
         )
 
 
