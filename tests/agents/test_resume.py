@@ -348,7 +348,7 @@ def edit_message(**changes: object) -> BadState:
 @pytest.mark.parametrize(
     ("corrupt", "reason"),
     [
-        (lambda state: [1, 2], "not a checkpoint the agent loop wrote"),
+        (lambda state: [1, 2], "it is not a JSON object"),
         (lambda state: {"messages": []}, "not a checkpoint the agent loop wrote"),
         (replace("v", 2), "format version 2"),
         (replace("v", True), "format version True"),
@@ -391,8 +391,9 @@ async def test_a_checkpoint_the_loop_did_not_write_is_refused(
 @pytest.mark.parametrize(
     ("raw", "step", "reason"),
     [
-        (b"not json", 2, "not JSON"),
-        (b'"\xff"', 2, "not JSON"),
+        (b"not json", 2, "not a JSON object"),
+        (b'"\xff"', 2, "not a JSON object"),
+        (b"[1, 2]", 2, "not a JSON object"),
         (b"{}", 0, "at step 0"),
     ],
 )

@@ -407,6 +407,13 @@ async def test_the_front_rejects_bad_arguments(call: Any, match: str) -> None:
         await call(Approvals(MemoryStore()))
 
 
+async def test_bad_arguments_are_never_shown_in_the_error() -> None:
+    approvals = Approvals(MemoryStore())
+    with pytest.raises(ConfigurationError, match="contents not shown") as caught:
+        await ask(approvals, tool_arguments={"api_key": "sk-secret-123", "x": object()})
+    assert "sk-secret-123" not in str(caught.value)
+
+
 def test_the_front_rejects_a_bad_store_or_option() -> None:
     with pytest.raises(ConfigurationError, match=r"Approvals\(store\)"):
         Approvals(object())  # type: ignore[arg-type]

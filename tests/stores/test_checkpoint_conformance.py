@@ -145,6 +145,25 @@ def test_the_front_rejects_a_bad_store_or_ttl() -> None:
         Checkpoints(MemoryStore(), ttl=0)
 
 
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"not json", b"[1, 2]", b'"text"'])
+async def test_the_front_refuses_a_checkpoint_it_did_not_write(store: Any, raw: bytes) -> None:
+    run = run_id()
+    await store.save_checkpoint(run, 1, raw, ttl=60.0)
+    with pytest.raises(ConfigurationError, match=rf"checkpoint of run '{run}' is not a JSON"):
+        await Checkpoints(store).load(run)
+
+
+async def test_bad_state_errors_never_show_the_state() -> None:
+    from bastion.stores._memory import MemoryStore
+
+    secret = "my card is 4111 1111 1111 1111"
+    checkpoints = Checkpoints(MemoryStore())
+    for state in ([secret], {"prompt": secret, "x": object()}):
+        with pytest.raises(ConfigurationError, match="contents not shown") as caught:
+            await checkpoints.save("r", 1, state)  # type: ignore[arg-type]
+        assert "4111" not in str(caught.value)
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 async def test_the_sql_sweep_deletes_expired_checkpoints(store: Any, clock: FakeClock) -> None:
     import sqlalchemy as sa

@@ -135,3 +135,18 @@ async def test_a_plain_schema_is_taken(schema: str) -> None:
     store = SQLStore(POSTGRES_URL, schema=schema)
     await store.aclose()
     assert store.backend == "postgresql"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+async def test_driver_errors_never_carry_the_values_sent(store: Any) -> None:
+    """A statement's parameters may be prompts or keys; a logged traceback must not show them."""
+    from bastion.stores._sql_schema import checkpoints
+
+    def write_a_bad_row(conn: Connection) -> None:
+        row = {"key": "k", "step": None, "state": b"prompt: my password is hunter2", "saved_at": 0}
+        conn.execute(sa.insert(checkpoints).values(**row))
+
+    with pytest.raises(sa.exc.IntegrityError) as caught:
+        await store.run("test", write_a_bad_row)
+    assert "hunter2" not in str(caught.value)
+    assert "parameters hidden" in str(caught.value)

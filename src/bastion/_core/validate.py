@@ -26,6 +26,7 @@ __all__ = [
     "fraction",
     "instance_of",
     "invalid",
+    "invalid_content",
     "non_negative_number",
     "one_of",
     "optional_fraction",
@@ -41,6 +42,18 @@ C = TypeVar("C")
 def invalid(option: str, what: str, value: object) -> NoReturn:
     """Raise the one error shape every check uses: ``{option} must be {what}; got {value!r}``."""
     raise ConfigurationError(f"{option} must be {what}; got {value!r}")
+
+
+def invalid_content(option: str, what: str, value: object) -> NoReturn:
+    """Like :func:`invalid`, but names only the type of ``value``, never its contents.
+
+    For values that may carry a user's prompt, a tool's arguments or a secret:
+    an error message travels into logs and HTTP responses, and those must
+    never hold such data.
+    """
+    raise ConfigurationError(
+        f"{option} must be {what}; got a {type(value).__name__} (contents not shown)"
+    )
 
 
 def _is_real(value: object) -> TypeGuard[int | float]:

@@ -16,13 +16,13 @@ up to the cents a budget settled.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
 
 from bastion._core.errors import ConfigurationError
 from bastion._core.usage import Usage
+from bastion._core.validate import invalid
 from bastion.models._types import Message, ToolCall
 from bastion.stores._checkpoints import Checkpoints
 
@@ -72,10 +72,12 @@ async def restore(
     checkpoints: Checkpoints, run_id: str, *, agent: str
 ) -> tuple[int, Progress] | None:
     """The last completed step of ``run_id`` and where it left the run; None: nothing saved."""
+    if not isinstance(run_id, str) or not run_id:
+        invalid("Agent.run(run_id)", "a non-empty string or None", run_id)
     try:
         saved = await checkpoints.load(run_id)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        _refuse(run_id, "it is not JSON")
+    except ConfigurationError:  # with a valid run_id, load refuses only what is not a JSON object
+        _refuse(run_id, "it is not a JSON object")
     if saved is None:
         return None
     if saved.step < 1:

@@ -41,6 +41,7 @@ from bastion._core.errors import StoreUnavailableError
 from bastion._core.events import Event, EventBus, default_bus
 from bastion._core.validate import (
     invalid,
+    invalid_content,
     non_negative_number,
     one_of,
     positive_number,
@@ -170,12 +171,14 @@ class Approvals:
         if session_id is not None:
             _text(session_id, "Approvals.create(session_id)")
         if not isinstance(tool_arguments, Mapping):
-            invalid("Approvals.create(tool_arguments)", "a dict of JSON values", tool_arguments)
+            invalid_content(
+                "Approvals.create(tool_arguments)", "a dict of JSON values", tool_arguments
+            )
         try:
             arguments = dict(tool_arguments)
             encode_arguments(arguments)
         except (TypeError, ValueError) as exc:
-            invalid(
+            invalid_content(
                 "Approvals.create(tool_arguments)", f"a dict of JSON values ({exc})", tool_arguments
             )
         if approval_id is None:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
-from bastion._core.validate import invalid, optional_positive_number
+from bastion._core.errors import ConfigurationError
+from bastion._core.validate import invalid, invalid_content, optional_positive_number
 from bastion.stores._checkpoint_store import CheckpointStore
 
 __all__ = ["Checkpoints", "SavedState"]
@@ -72,22 +73,37 @@ class Checkpoints:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             invalid("Checkpoints.save(step)", "a whole number >= 0", step)
         if not isinstance(state, dict):
-            invalid("Checkpoints.save(state)", "a dict of JSON values", state)
+            invalid_content("Checkpoints.save(state)", "a dict of JSON values", state)
         try:
             raw = json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode()
         except (TypeError, ValueError) as exc:
-            invalid("Checkpoints.save(state)", f"a dict of JSON values ({exc})", state)
+            invalid_content("Checkpoints.save(state)", f"a dict of JSON values ({exc})", state)
         return await self._store.save_checkpoint(run_id, step, raw, ttl=self._ttl)
 
     async def load(self, run_id: str) -> SavedState | None:
-        """The latest saved step of ``run_id``, or None when there is none (or it expired)."""
+        """The latest saved step of ``run_id``, or None when there is none (or it expired).
+
+        Raises ``ConfigurationError`` for a checkpoint that is not a JSON
+        object: it was not written by :meth:`save`.
+        """
         checkpoint = await self._store.load_checkpoint(_run_id(run_id, "Checkpoints.load"))
         if checkpoint is None:
             return None
+        try:
+            state = json.loads(checkpoint.state)
+        except ValueError:  # not JSON, or not UTF-8
+            state = None
+        if not isinstance(state, dict):
+            msg = (
+                f"the checkpoint of run {run_id!r} is not a JSON object as Checkpoints.save "
+                "writes it (another program wrote it under this run id?); delete it or use "
+                "another run_id"
+            )
+            raise ConfigurationError(msg)
         return SavedState(
             run_id=checkpoint.run_id,
             step=checkpoint.step,
-            state=json.loads(checkpoint.state),
+            state=state,
             saved_at=checkpoint.saved_at,
             age=max(0.0, self._clock.time() - checkpoint.saved_at),
         )

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
-from bastion._core.validate import invalid, positive_number, whole_number
+from bastion._core.validate import invalid, invalid_content, positive_number, whole_number
 from bastion.stores._session_store import SessionPage, SessionStore
 
 if TYPE_CHECKING:
@@ -105,11 +105,11 @@ class Sessions:
         """Start ``session_id`` with no messages (replacing any session of that id)."""
         _session_id(session_id, "Sessions.create")
         if metadata is not None and not isinstance(metadata, dict):
-            invalid("Sessions.create(metadata)", "a dict of JSON values or None", metadata)
+            invalid_content("Sessions.create(metadata)", "a dict of JSON values or None", metadata)
         try:
             raw = json.dumps(metadata or {}, separators=(",", ":"), ensure_ascii=False).encode()
         except (TypeError, ValueError) as exc:
-            invalid("Sessions.create(metadata)", f"a dict of JSON values ({exc})", metadata)
+            invalid_content("Sessions.create(metadata)", f"a dict of JSON values ({exc})", metadata)
         await self._store.create_session(session_id, ttl=self._ttl, metadata=raw)
 
     async def append(self, session_id: str, *messages: Message) -> int:
@@ -119,7 +119,9 @@ class Sessions:
         _session_id(session_id, "Sessions.append")
         for message in messages:
             if not isinstance(message, Message):
-                invalid("Sessions.append(messages)", "bastion.models.Message objects", message)
+                invalid_content(
+                    "Sessions.append(messages)", "bastion.models.Message objects", message
+                )
         raw = [encode_message(message) for message in messages]
         return await self._store.append_messages(session_id, raw)
 

@@ -249,6 +249,7 @@ class SQLStore(ScopedView):
                 raise ConfigurationError(msg)
             sync_engine = sa.create_engine(
                 engine_url,
+                hide_parameters=True,  # errors and logs never carry prompts or secrets
                 pool_size=1,
                 max_overflow=0,
                 pool_timeout=self._timeout,
@@ -267,6 +268,7 @@ class SQLStore(ScopedView):
                 connect_args["server_settings"] = {"search_path": _plain_identifier(schema)}
             async_engine = create_async_engine(
                 engine_url,
+                hide_parameters=True,  # errors and logs never carry prompts or secrets
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_timeout=self._timeout,
