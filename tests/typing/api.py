@@ -33,7 +33,7 @@ from bastion import (
 )
 from bastion.agents import Agent, RunResult
 from bastion.models import ScriptedModel
-from bastion.stores import Checkpoints, open_store
+from bastion.stores import Approval, ApprovalPage, Approvals, Checkpoints, MemoryStore, open_store
 from bastion.testing import FakeClock
 
 
@@ -141,3 +141,18 @@ async def store_health() -> None:
         health_check=HealthConfig(store_degraded_for=15.0),
     ).health()
     assert_type(report.degraded_stores, tuple[DegradedStore, ...])
+
+
+async def approvals() -> None:
+    approvals = Approvals(MemoryStore(), ttl=600.0)
+    asked = await approvals.create(
+        run_id="r", agent_name="ops", tool_name="delete_repo", tool_arguments={"repo": "x"}
+    )
+    assert_type(asked, Approval)
+    assert_type(await approvals.list(status="pending"), ApprovalPage)
+    decided = await approvals.wait(asked.approval_id, 30.0)
+    allowed: bool = decided.permits(
+        agent_name="ops", run_id="r", tool_name="delete_repo", tool_arguments={"repo": "x"}
+    )
+    assert_type(allowed, bool)
+    await approvals.decide(asked.approval_id, approved=False, by="op", reason="no")
