@@ -1,4 +1,4 @@
-"""The cache store contract, on memory and on a real Redis, plus each backend's own rules."""
+"""The cache store contract on memory, SQLite, PostgreSQL and Redis, plus each backend's rules."""
 
 from __future__ import annotations
 
@@ -11,25 +11,49 @@ from typing import Any
 import pytest
 
 from bastion import ConfigurationError, StoreUnavailableError
-from bastion.stores import CacheStore, MemoryCacheStore, RedisCacheStore, open_cache_store
+from bastion.stores import (
+    CacheStore,
+    MemoryCacheStore,
+    RedisCacheStore,
+    SQLCacheStore,
+    SQLStore,
+    open_cache_store,
+)
 from bastion.testing import FakeClock
 
-CACHE_BACKENDS = ["memory", "redis"]
+from .conftest import POSTGRES_URL
+
+CACHE_BACKENDS = ["memory", "sqlite", "postgresql", "redis"]
 NAMESPACE = f"bastion-test-cache-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture(params=CACHE_BACKENDS, ids=CACHE_BACKENDS)
-async def make_cache(
-    request: pytest.FixtureRequest, clock: FakeClock
-) -> AsyncIterator[Callable[..., Any]]:
-    """Build a cache store of the current backend, scoped to this test; closed at the end."""
+def cache_url(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, str | None]:
+    """The URL (and PostgreSQL schema) of the current backend; its server is asked for here,
+    outside the event loop, since the session's server fixtures run their own."""
     name: str = request.param
     request.applymarker(getattr(pytest.mark, name))
-    url = "memory://" if name == "memory" else request.getfixturevalue("redis_url")
+    if name == "memory":
+        return "memory://", None
+    if name == "sqlite":
+        return f"sqlite:///{tmp_path / 'cache.db'}", None
+    if name == "postgresql":
+        return POSTGRES_URL, request.getfixturevalue("postgres_schema")
+    return request.getfixturevalue("redis_url"), None
+
+
+@pytest.fixture
+async def make_cache(
+    cache_url: tuple[str, str | None], clock: FakeClock
+) -> AsyncIterator[Callable[..., Any]]:
+    """Build a cache store of the current backend, scoped to this test; closed at the end."""
+    url, schema = cache_url
     scope = f"test-{uuid.uuid4().hex[:8]}"
     made: list[Any] = []
 
     def make(**options: Any) -> Any:
+        if schema is not None:
+            options["schema"] = schema
         store = open_cache_store(url, clock=clock, namespace=NAMESPACE, **options)
         made.append(store)
         return store.scoped(scope)
@@ -48,7 +72,7 @@ def cache(make_cache: Callable[..., Any]) -> Any:
     return make_cache()
 
 
-async def test_both_backends_are_cache_stores(cache: Any) -> None:
+async def test_every_backend_is_a_cache_store(cache: Any) -> None:
     assert isinstance(cache, CacheStore)
     await cache.ping()
 
@@ -288,6 +312,77 @@ def test_redis_without_redis_py_names_the_extra(monkeypatch: pytest.MonkeyPatch)
         RedisCacheStore("redis://127.0.0.1:6379/0")
 
 
+# -- SQL: expiry on the store's clock, restarts, sharing a store ---------------------------------
+
+
+@pytest.mark.sqlite
+async def test_sql_values_expire_on_the_store_clock_and_survive_a_restart(
+    tmp_path: Any, clock: FakeClock
+) -> None:
+    url = f"sqlite:///{tmp_path / 'cache.db'}"
+    async with SQLCacheStore(url, clock=clock) as cache:
+        await cache.set_many([("a", b"1"), ("b", b"2"), ("a", b"3")], ttl=10)
+        await cache.set("forever", b"kept", ttl=None)
+    async with SQLCacheStore(url, clock=clock) as reopened:  # another process, or a restart
+        assert await reopened.get_many(["a", "b", "forever", "c"]) == [b"3", b"2", b"kept", None]
+        clock.advance(9.999)
+        assert await reopened.get("a") == b"3"
+        clock.advance(0.001)
+        assert await reopened.get_many(["a", "b", "forever"]) == [None, None, b"kept"]
+        await reopened.set("a", b"again", ttl=10)  # an expired key is simply written anew
+        assert await reopened.get("a") == b"again"
+
+
+@pytest.mark.sqlite
+async def test_sql_expired_values_are_swept(tmp_path: Any, clock: FakeClock) -> None:
+    import sqlalchemy as sa
+
+    from bastion.stores._sql_schema import cache as cache_table
+
+    store = SQLStore(f"sqlite:///{tmp_path / 'cache.db'}", clock=clock)
+    try:
+        cache = SQLCacheStore(store=store).scoped("t")
+        await cache.set("old", b"x", ttl=1)
+        await cache.set("kept", b"y", ttl=None)
+        clock.advance(2)
+        store._shared.ops = 10**6  # the next write sweeps
+        await cache.set("new", b"z", ttl=60)
+        keys = await store.run(
+            "test", lambda conn: set(conn.execute(sa.select(cache_table.c.key)).scalars())
+        )
+        assert sorted(key.rsplit(":", 1)[-1] for key in keys) == ["kept", "new"]
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.sqlite
+async def test_a_sql_cache_shares_a_stores_connections_scope_and_clock(
+    tmp_path: Any, clock: FakeClock
+) -> None:
+    store = SQLStore(f"sqlite:///{tmp_path / 'cache.db'}", clock=clock)
+    try:
+        tenant = SQLCacheStore(store=store.scoped("acme"))
+        assert tenant.scope == ("acme",)
+        assert tenant.backend == "sqlite"
+        await tenant.set("k", b"v", ttl=5)
+        assert await SQLCacheStore(store=store).get("k") is None  # another scope
+        assert await SQLCacheStore(store=store.scoped("acme")).get("k") == b"v"
+        await tenant.aclose()  # not its store: the store stays open
+        await tenant.delete("k")
+        assert await tenant.get("k") is None
+        assert await tenant.get_many([]) == []
+        await tenant.set_many([], ttl=5)
+    finally:
+        await store.aclose()
+
+
+def test_a_sql_cache_needs_exactly_one_of_url_or_store() -> None:
+    with pytest.raises(ConfigurationError, match="exactly one of url= "):
+        SQLCacheStore()
+    with pytest.raises(ConfigurationError, match="takes a SQLStore"):
+        SQLCacheStore(store=MemoryCacheStore())  # type: ignore[arg-type]
+
+
 # -- URLs ---------------------------------------------------------------------------------------
 
 
@@ -299,13 +394,15 @@ async def test_open_cache_store_picks_the_backend_from_the_url(clock: FakeClock)
     assert isinstance(redis, RedisCacheStore)
     assert redis.key_of("k") == "elsewhere:cache::k"  # no connection is made until used
     await redis.aclose()
+    sqlite = open_cache_store("sqlite:///never-opened.db")
+    assert isinstance(sqlite, SQLCacheStore)
+    assert sqlite.backend == "sqlite"
+    await sqlite.aclose()
 
 
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("sqlite:///bastion.db", "no SQL cache store yet"),
-        ("postgresql://u@h/db", "no SQL cache store yet"),
         ("memory://somewhere", "takes no host"),
         ("mongodb://x", "looks like memory://"),
         ("nonsense", "looks like memory://"),

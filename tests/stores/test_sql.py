@@ -48,7 +48,7 @@ async def test_sqlite_migrates_itself_on_first_use_to_exactly_the_declared_schem
                 sa.text(f"SELECT version_num FROM {VERSION_TABLE}")
             ).scalar_one(),
         )
-        assert version == "0005"
+        assert version == "0006"
     finally:
         await store.aclose()
 

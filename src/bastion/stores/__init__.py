@@ -45,6 +45,7 @@ from bastion.stores._budget import (
 )
 from bastion.stores._budget_store import BudgetStore, CapCharge, ReserveMode, ReserveOutcome
 from bastion.stores._cache import CacheStore, MemoryCacheStore, RedisCacheStore, open_cache_store
+from bastion.stores._cache_sql import SQLCacheStore
 from bastion.stores._checkpoint_store import Checkpoint, CheckpointStore
 from bastion.stores._checkpoints import Checkpoints, SavedState
 from bastion.stores._factory import open_store
@@ -114,6 +115,7 @@ __all__ = [
     "ReserveOutcome",
     "RiskLevel",
     "SQLAuditLog",
+    "SQLCacheStore",
     "SQLStore",
     "SavedState",
     "SessionData",

@@ -21,8 +21,9 @@ A ``ttl`` is in seconds; ``None`` keeps a value until it is evicted or deleted.
   :class:`~bastion._core.errors.StoreUnavailableError`, which the caches treat
   as a miss (fail-open).
 
-There is no SQL cache store yet: a cache on SQLite or PostgreSQL would be
-slower than the memory store for one process and than Redis for many.
+- :class:`~bastion.stores.SQLCacheStore` keeps values in the SQL store's
+  database (:mod:`bastion.stores._cache_sql`): shared by every process on a
+  SQLite file, surviving restarts, with nothing else to run.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from bastion.stores._redis import import_redis
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from bastion.stores._cache_sql import SQLCacheStore
 
 __all__ = ["CacheStore", "MemoryCacheStore", "RedisCacheStore", "open_cache_store"]
 
@@ -342,12 +345,15 @@ def open_cache_store(
     clock: Clock | None = None,
     namespace: str = "bastion",
     max_entries: int = DEFAULT_MAX_ENTRIES,
-) -> MemoryCacheStore | RedisCacheStore:
-    """The cache store ``url`` names: ``memory://`` or ``redis://host:port/db``.
+    schema: str | None = None,
+) -> MemoryCacheStore | RedisCacheStore | SQLCacheStore:
+    """The cache store ``url`` names: ``memory://``, ``redis://host:port/db``,
+    ``sqlite:///path.db`` or ``postgresql://...``.
 
-    ``timeout`` bounds every Redis operation; ``clock`` drives the memory
-    store's expiry (default: the system clock); ``max_entries`` bounds the
-    memory store; ``namespace`` prefixes every Redis key.
+    ``timeout`` bounds every operation on a shared store; ``clock`` drives the
+    memory and SQL stores' expiry (default: the system clock); ``max_entries``
+    bounds the memory store; ``namespace`` prefixes every Redis key;
+    ``schema`` is the PostgreSQL schema holding the tables.
     """
     scheme = url.split(":", 1)[0].lower() if isinstance(url, str) and ":" in url else ""
     if scheme == "memory":
@@ -361,14 +367,11 @@ def open_cache_store(
     if scheme in ("redis", "rediss", "unix"):
         return RedisCacheStore(url, timeout=timeout, namespace=namespace)
     if scheme.startswith(("sqlite", "postgres")):
-        msg = (
-            f"there is no SQL cache store yet ({redact_url(url)!r}); "
-            "use 'memory://' for one process "
-            "or 'redis://host:6379/0' to share the cache between processes"
-        )
-        raise ConfigurationError(msg)
+        from bastion.stores._cache_sql import SQLCacheStore
+
+        return SQLCacheStore(url, timeout=timeout, clock=clock or SYSTEM_CLOCK, schema=schema)
     msg = (
-        "a cache store URL looks like memory:// or redis://localhost:6379/0; "
-        f"got {redact_url(url)!r}"
+        "a cache store URL looks like memory://, redis://localhost:6379/0, "
+        f"sqlite:///bastion.db or postgresql://user@host:5432/db; got {redact_url(url)!r}"
     )
     raise ConfigurationError(msg)

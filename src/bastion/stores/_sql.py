@@ -700,6 +700,56 @@ class SQLStore(ScopedView):
 
         return await self.run("sweep_sessions", step)
 
+    # -- cache (through SQLCacheStore) ---------------------------------------------------------
+
+    async def cache_get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The live value of each key, in order (None: absent or expired), in one query."""
+        sql = self._shared.statements
+        clock = self._clock
+        prefix = self._prefix + "cache:"
+        full = [prefix + key for key in keys]
+
+        def step(conn: Connection) -> list[bytes | None]:
+            query = {"b_keys": sorted(set(full)), "b_now": clock.time()}
+            found = {key: bytes(value) for key, value in conn.execute(sql.cache_get, query)}
+            return [found.get(key) for key in full]
+
+        if not full:
+            return []
+        return await self.run("cache_get", step)
+
+    async def cache_set_many(
+        self, items: Sequence[tuple[str, bytes]], *, ttl: float | None
+    ) -> None:
+        """Store every ``(key, value)`` for ``ttl`` seconds (None: forever), in one transaction."""
+        sql = self._shared.statements
+        clock = self._clock
+        prefix = self._prefix + "cache:"
+        latest = {prefix + key: bytes(value) for key, value in items}  # the last of a key wins
+
+        def step(conn: Connection) -> None:
+            now = clock.time()
+            expires = None if ttl is None else now + ttl
+            rows = [
+                {"b_key": key, "b_value": value, "b_expires": expires}
+                for key, value in sorted(latest.items())  # key order: no deadlock between writers
+            ]
+            conn.execute(sql.cache_set, rows)
+            self._maybe_sweep(conn, now)
+
+        if latest:
+            await self.run("cache_set", step)
+
+    async def cache_delete(self, key: str) -> None:
+        """Forget ``key`` (harmless when absent)."""
+        sql = self._shared.statements
+        row = {"b_key": self._prefix + "cache:" + key}
+
+        def step(conn: Connection) -> None:
+            conn.execute(sql.cache_delete, row)
+
+        await self.run("cache_delete", step)
+
     # -- approvals -----------------------------------------------------------------------------
 
     def _approval_key(self, approval_id: str) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "audit_log",
     "budget_caps",
     "budget_holds",
+    "cache",
     "checkpoints",
     "idempotency_keys",
     "rate_limits",
@@ -191,3 +192,14 @@ approvals = Table(
 )
 """One row per approval (``key`` is scope path + id): ``status`` as decided (``pending``
 reads as expired past ``expires_at``), ``tool_arguments`` as JSON; gone at ``purge_at``."""
+
+cache = Table(
+    "bastion_cache",
+    METADATA,
+    Column("key", Text, primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("expires_at", Double, nullable=True),
+    Index("ix_bastion_cache_expires_at", "expires_at"),
+)
+"""One row per cached value (``key`` is the scope path + the cache's key); ``expires_at``
+NULL keeps it until deleted."""

@@ -20,6 +20,7 @@ from bastion.stores._sql_schema import (
     approvals,
     budget_caps,
     budget_holds,
+    cache,
     checkpoints,
     idempotency_keys,
     rate_limits,
@@ -332,6 +333,24 @@ class Statements:
         self.notify = sa.select(sa.func.pg_notify(sa.bindparam("b_channel"), key))
         """PostgreSQL only: tell every listener that ``b_key`` changed, at commit."""
 
+        live_value = sa.or_(cache.c.expires_at.is_(None), cache.c.expires_at > now)
+        self.cache_get = sa.select(cache.c.key, cache.c.value).where(
+            cache.c.key.in_(keys), live_value
+        )
+        """The live values among ``b_keys`` (absent and expired keys return no row)."""
+        insert_value = upsert(cache).values(
+            key=key, value=sa.bindparam("b_value"), expires_at=sa.bindparam("b_expires")
+        )
+        self.cache_set = insert_value.on_conflict_do_update(
+            index_elements=[cache.c.key],
+            set_={
+                "value": insert_value.excluded.value,
+                "expires_at": insert_value.excluded.expires_at,
+            },
+        )
+        """Per row ``{b_key, b_value, b_expires}``: store or replace a value."""
+        self.cache_delete = sa.delete(cache).where(cache.c.key == key)
+
         self.sweeps = (
             sa.delete(limits).where(limits.c.expires_at <= now),
             sa.delete(holds).where(holds.c.hold_until <= now),
@@ -339,5 +358,6 @@ class Statements:
             sa.delete(idem).where(idem.c.expires_at <= now),
             sa.delete(ckpt).where(ckpt.c.expires_at <= now),
             sa.delete(apr).where(apr.c.purge_at <= now),
+            sa.delete(cache).where(cache.c.expires_at <= now),
         )
         """What has expired by ``b_now``, to delete every so often."""
