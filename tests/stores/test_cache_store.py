@@ -404,7 +404,7 @@ async def test_open_cache_store_picks_the_backend_from_the_url(clock: FakeClock)
     ("url", "message"),
     [
         ("memory://somewhere", "takes no host"),
-        ("mongodb://x", "looks like memory://"),
+        ("mongodb://x", "no cache store for URL scheme 'mongodb'"),
         ("nonsense", "looks like memory://"),
     ],
 )

@@ -106,3 +106,9 @@ async def test_memory_store_basics() -> None:
     async with MemoryStore() as store:
         await store.ping()
         assert repr(store.scoped("t")) == "MemoryStore(scope=('t',))"
+
+
+def test_state_and_cache_stores_accept_the_same_urls() -> None:
+    from bastion.stores._factory import CACHE_SCHEMES, SCHEMES
+
+    assert set(CACHE_SCHEMES) == set(SCHEMES)

@@ -44,11 +44,11 @@ from bastion.stores._budget import (
     Reservation,
 )
 from bastion.stores._budget_store import BudgetStore, CapCharge, ReserveMode, ReserveOutcome
-from bastion.stores._cache import CacheStore, MemoryCacheStore, RedisCacheStore, open_cache_store
+from bastion.stores._cache import CacheStore, MemoryCacheStore, RedisCacheStore
 from bastion.stores._cache_sql import SQLCacheStore
 from bastion.stores._checkpoint_store import Checkpoint, CheckpointStore
 from bastion.stores._checkpoints import Checkpoints, SavedState
-from bastion.stores._factory import open_store
+from bastion.stores._factory import open_cache_store, open_store
 from bastion.stores._fixed_window import FixedWindowCounter
 from bastion.stores._idempotency import (
     Idempotency,

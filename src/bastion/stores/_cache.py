@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import ConfigurationError
-from bastion._core.redact import redact_url
 from bastion._core.validate import optional_positive_number, positive_number, whole_number
 from bastion.stores._base import Store, call_store
 from bastion.stores._keys import ScopedView, escape, scope_path
@@ -45,9 +44,7 @@ from bastion.stores._redis import import_redis
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from bastion.stores._cache_sql import SQLCacheStore
-
-__all__ = ["CacheStore", "MemoryCacheStore", "RedisCacheStore", "open_cache_store"]
+__all__ = ["CacheStore", "MemoryCacheStore", "RedisCacheStore"]
 
 DEFAULT_MAX_ENTRIES = 10_000
 
@@ -336,42 +333,3 @@ class RedisCacheStore(ScopedView):
 def _milliseconds(ttl: float | None) -> int | None:
     """Redis expiry in whole milliseconds, rounded up so a value never expires early."""
     return None if ttl is None else max(1, math.ceil(ttl * 1000))
-
-
-def open_cache_store(
-    url: str,
-    *,
-    timeout: float = 1.0,
-    clock: Clock | None = None,
-    namespace: str = "bastion",
-    max_entries: int = DEFAULT_MAX_ENTRIES,
-    schema: str | None = None,
-) -> MemoryCacheStore | RedisCacheStore | SQLCacheStore:
-    """The cache store ``url`` names: ``memory://``, ``redis://host:port/db``,
-    ``sqlite:///path.db`` or ``postgresql://...``.
-
-    ``timeout`` bounds every operation on a shared store; ``clock`` drives the
-    memory and SQL stores' expiry (default: the system clock); ``max_entries``
-    bounds the memory store; ``namespace`` prefixes every Redis key;
-    ``schema`` is the PostgreSQL schema holding the tables.
-    """
-    scheme = url.split(":", 1)[0].lower() if isinstance(url, str) and ":" in url else ""
-    if scheme == "memory":
-        if url.rstrip("/") != "memory:":
-            msg = (
-                "a memory cache store takes no host, path or options: use 'memory://'; "
-                f"got {redact_url(url)!r}"
-            )
-            raise ConfigurationError(msg)
-        return MemoryCacheStore(max_entries=max_entries, clock=clock or SYSTEM_CLOCK)
-    if scheme in ("redis", "rediss", "unix"):
-        return RedisCacheStore(url, timeout=timeout, namespace=namespace)
-    if scheme.startswith(("sqlite", "postgres")):
-        from bastion.stores._cache_sql import SQLCacheStore
-
-        return SQLCacheStore(url, timeout=timeout, clock=clock or SYSTEM_CLOCK, schema=schema)
-    msg = (
-        "a cache store URL looks like memory://, redis://localhost:6379/0, "
-        f"sqlite:///bastion.db or postgresql://user@host:5432/db; got {redact_url(url)!r}"
-    )
-    raise ConfigurationError(msg)
