@@ -25,6 +25,7 @@ from bastion._core.usage import Usage
 from bastion._core.validate import invalid
 from bastion.models._types import Message, ToolCall
 from bastion.stores._checkpoints import Checkpoints
+from bastion.stores._sessions import message_document
 
 __all__ = ["FORMAT", "VERSION", "Progress", "dump", "load", "restore", "save"]
 
@@ -114,7 +115,7 @@ def dump(progress: Progress) -> dict[str, Any]:
         "v": VERSION,
         "agent": progress.agent,
         "start": progress.start,
-        "messages": [_dump_message(message) for message in progress.messages],
+        "messages": [message_document(message) for message in progress.messages],
         "usage": {
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
@@ -169,19 +170,6 @@ def _refuse(run_id: str, why: str) -> NoReturn:
         "or delete this checkpoint (Checkpoints.delete) to start the run over"
     )
     raise ConfigurationError(msg) from None
-
-
-def _dump_message(message: Message) -> dict[str, Any]:
-    return {
-        "role": message.role,
-        "content": message.content,
-        "tool_calls": [
-            {"id": call.id, "name": call.name, "arguments": call.arguments}
-            for call in message.tool_calls
-        ],
-        "tool_call_id": message.tool_call_id,
-        "name": message.name,
-    }
 
 
 def _load_message(document: object) -> Message:

@@ -54,9 +54,12 @@ def _session_id(session_id: object, api: str) -> str:
     return session_id
 
 
-def encode_message(message: Message) -> bytes:
-    """``message`` as compact JSON (role, content, tool_calls, tool_call_id, name)."""
-    document = {
+def message_document(message: Message) -> dict[str, Any]:
+    """``message`` as a JSON object (role, content, tool_calls, tool_call_id, name).
+
+    The one shape a message takes at rest, in sessions and agent checkpoints alike.
+    """
+    return {
         "role": message.role,
         "content": message.content,
         "tool_calls": [
@@ -66,6 +69,11 @@ def encode_message(message: Message) -> bytes:
         "tool_call_id": message.tool_call_id,
         "name": message.name,
     }
+
+
+def encode_message(message: Message) -> bytes:
+    """``message`` as compact JSON bytes (see :func:`message_document`)."""
+    document = message_document(message)
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
