@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -328,3 +329,31 @@ async def test_an_approval_waiter_rides_out_a_postgres_restart(
 
     await upgrade(postgres_server.url)
     await check_waiter_recovers(postgres_server.url, postgres_server.crash, postgres_server.start)
+
+
+@pytest.mark.redis
+async def test_a_lost_subscription_is_logged_once_per_outage_and_reopened(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(redis_server.url, timeout=TIMEOUT)
+    listener = store._shared.listener
+    try:
+        await listener.ensure()
+        assert listener.listening()
+        redis_server.kill()
+        async with asyncio.timeout(5):  # the reader sees its connection close
+            await asyncio.shield(listener._task)
+        with caplog.at_level(logging.INFO, logger="bastion.stores"):
+            for _ in range(3):  # every wait tries again; only the first failure is logged
+                await listener.ensure()
+            assert not listener.listening()
+            redis_server.start()
+            await listener.ensure()
+        assert listener.listening()
+        lines = [r.getMessage() for r in caplog.records if "subscri" in r.getMessage()]
+        failures = [line for line in lines if "cannot subscribe" in line]
+        assert len(failures) == 1
+        assert failures[0].startswith(f"redis: cannot subscribe to {listener.channel} (")
+        assert lines[-1] == f"redis: subscribed to {listener.channel} again"
+    finally:
+        await store.aclose()
