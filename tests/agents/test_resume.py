@@ -524,3 +524,45 @@ async def test_a_store_that_cannot_delete_keeps_the_answer(
         await reopened.aclose()
     assert saved is not None
     assert saved.step == 1
+
+
+async def test_a_tenant_never_resumes_another_tenants_run(clock: FakeClock) -> None:
+    checkpoints = Checkpoints(MemoryStore(clock=clock))
+    lookups = Lookups()
+    interrupted = ScriptedModel([STEP_ONE, ProviderUnavailable("down", provider="p")])
+    with pytest.raises(ProviderUnavailable):
+        await make_agent(interrupted, lookups, checkpoints).run(
+            "acme's private question", run_id="run-1", tenant_id="acme"
+        )
+
+    other = ScriptedModel(["hello globex"])
+    result = await make_agent(other, lookups, checkpoints).run(
+        "hi", run_id="run-1", tenant_id="globex"
+    )
+    assert result.output == "hello globex"
+    assert all("acme" not in message.content for message in result.messages)
+    assert result.steps == 1
+
+    resumed = ScriptedModel(["done"])
+    finished = await make_agent(resumed, lookups, checkpoints).run(
+        "acme's private question", run_id="run-1", tenant_id="acme"
+    )
+    assert (finished.output, finished.steps, lookups.keys) == ("done", 2, ["a"])
+    assert await checkpoints.scoped("acme").load("run-1") is None
+
+
+def test_checkpoints_scoped_needs_a_scoping_store() -> None:
+    class Plain:
+        backend = "plain"
+
+        async def save_checkpoint(self, *args: Any, **kwargs: Any) -> bool:
+            return True
+
+        async def load_checkpoint(self, run_id: str) -> None:
+            return None
+
+        async def delete_checkpoint(self, run_id: str) -> None:
+            return None
+
+    with pytest.raises(ConfigurationError, match=r"Checkpoints\.scoped"):
+        Checkpoints(Plain()).scoped("acme")  # type: ignore[arg-type]

@@ -431,3 +431,52 @@ def test_the_call_hash_ignores_key_order_but_not_values() -> None:
     other = call_hash(agent_name="a", run_id="r", tool_name="t", tool_arguments={"x": 1, "y": 3})
     assert one == same != other
     assert len(one) == 64
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "redis"], indirect=True)
+async def test_a_subscription_cut_short_leaves_nothing_half_open(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    waiting_side, deciding_side = make_store(clock=clock), make_store(clock=clock)
+    listener = waiting_side._shared.listener
+    opening = asyncio.create_task(listener.ensure())
+    await asyncio.sleep(0)  # inside the open, at its first round trip
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    assert not listener.listening()
+    approvals = approvals_on(waiting_side, clock, poll_interval=1000.0)
+    asked = await ask(approvals)
+    waiter = asyncio.create_task(approvals.wait(asked.approval_id, timeout=3600.0))
+    await clock.wait_for_sleepers(1, max_yields=1_000_000)
+    await approvals_on(deciding_side, clock).decide(asked.approval_id, approved=True, by="op")
+    async with asyncio.timeout(5):  # the next wait subscribed afresh and heard it
+        assert (await waiter).approved
+
+
+async def test_a_very_long_id_is_decided_and_wakes_its_waiter(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    """Ids longer than PostgreSQL's 8000-byte NOTIFY payload still announce their decision."""
+    waiting_side = make_store(clock=clock)
+    deciding_side = waiting_side if waiting_side.backend == "memory" else make_store(clock=clock)
+    approvals = approvals_on(waiting_side, clock)
+    asked = await ask(approvals, approval_id="apr-" + "x" * 9000)
+    waiter = asyncio.create_task(approvals.wait(asked.approval_id, timeout=3600.0))
+    await clock.wait_for_sleepers(1, max_yields=1_000_000)
+    await approvals_on(deciding_side, clock).decide(asked.approval_id, approved=True, by="op")
+    if waiting_side.backend == "sqlite":
+        clock.advance(5.0)  # no push between these two stores: the next poll sees it
+    async with asyncio.timeout(5):
+        assert (await waiter).approved
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"tool_arguments": {"text": "bad \udcff"}}, {"description": "bad \udcff"}],
+)
+async def test_text_that_is_not_unicode_is_refused_without_showing_it(
+    changes: dict[str, Any],
+) -> None:
+    with pytest.raises(ConfigurationError, match="contents not shown"):
+        await ask(Approvals(MemoryStore()), **changes)

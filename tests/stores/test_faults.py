@@ -332,10 +332,11 @@ async def test_an_approval_waiter_rides_out_a_postgres_restart(
 
 
 @pytest.mark.redis
-async def test_a_lost_subscription_is_logged_once_per_outage_and_reopened(
+async def test_a_lost_subscription_backs_off_logs_once_and_reopens(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = open_store(redis_server.url, timeout=TIMEOUT)
+    clock = FakeClock()  # the store's test clock also paces the listener's backoff
+    store = open_store(redis_server.url, timeout=TIMEOUT, clock=clock)
     listener = store._shared.listener
     try:
         await listener.ensure()
@@ -344,16 +345,35 @@ async def test_a_lost_subscription_is_logged_once_per_outage_and_reopened(
         async with asyncio.timeout(5):  # the reader sees its connection close
             await asyncio.shield(listener._task)
         with caplog.at_level(logging.INFO, logger="bastion.stores"):
-            for _ in range(3):  # every wait tries again; only the first failure is logged
-                await listener.ensure()
-            assert not listener.listening()
+            await listener.ensure()  # fails: logged, and a backoff of 1 s starts
             redis_server.start()
+            await listener.ensure()  # within the backoff: nobody tries
+            assert not listener.listening()
+            clock.advance(1.0)
             await listener.ensure()
         assert listener.listening()
         lines = [r.getMessage() for r in caplog.records if "subscri" in r.getMessage()]
-        failures = [line for line in lines if "cannot subscribe" in line]
-        assert len(failures) == 1
-        assert failures[0].startswith(f"redis: cannot subscribe to {listener.channel} (")
-        assert lines[-1] == f"redis: subscribed to {listener.channel} again"
+        assert len(lines) == 2
+        assert lines[0].startswith(f"redis: cannot subscribe to {listener.channel} (")
+        assert lines[1] == f"redis: subscribed to {listener.channel} again"
     finally:
+        await store.aclose()
+    await listener.ensure()  # a closed store never subscribes again
+    assert not listener.listening()
+
+
+@pytest.mark.redis
+async def test_only_one_waiter_reopens_and_none_waits_past_its_budget(
+    redis_server: RedisServer,
+) -> None:
+    store = open_store(redis_server.url, timeout=TIMEOUT)
+    listener = store._shared.listener
+    try:
+        redis_server.freeze()  # connections hang: an open can only time out
+        started = time.monotonic()
+        await asyncio.gather(*(listener.ensure(0.2) for _ in range(10)))
+        assert time.monotonic() - started < 0.2 + 0.3  # one bounded try, the rest skipped
+        assert not listener.listening()
+    finally:
+        redis_server.thaw()
         await store.aclose()

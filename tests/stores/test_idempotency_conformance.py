@@ -275,3 +275,18 @@ def test_bad_options_are_named(option: str, value: Any) -> None:
 
     with pytest.raises(ConfigurationError, match=option):
         Idempotency(MemoryStore(), **{option: value})
+
+
+async def test_a_very_long_key_still_wakes_a_waiting_repeat(store: Any, clock: FakeClock) -> None:
+    """Keys longer than PostgreSQL's 8000-byte NOTIFY payload are announced all the same."""
+    idem = Idempotency(store, clock=clock, wait=30.0, poll_interval=30.0)
+    work, k = Work(), "req-" + "k" * 9000
+    work.gate = asyncio.Event()
+    first = asyncio.create_task(idem.run(k, "fp", work))
+    await work.started.wait()
+    repeat = asyncio.create_task(idem.run(k, "fp", work))
+    await clock.wait_for_sleepers(1, max_yields=1_000_000)
+    work.gate.set()
+    assert (await first) == OK
+    async with asyncio.timeout(5):
+        assert (await repeat).hit

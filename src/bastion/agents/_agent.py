@@ -164,13 +164,17 @@ class Agent:
         step, so tools run at least once, not exactly once, across a crash. A
         store that fails while saving raises ``StoreUnavailableError``: a run
         that asked for durability must learn it has none. A finished run
-        deletes its checkpoint, so the same ``run_id`` then starts afresh.
+        deletes its checkpoint, so the same ``run_id`` then starts afresh. With
+        ``tenant_id`` the checkpoint lives in that tenant's scope: run ids are
+        the caller's to choose, and one tenant's must never resume another's.
         """
         messages = self._start(input)
         tally = _Tally(model_used=self.model.name, pricing=self.pricing)
         ids = {"user_id": user_id, "session_id": session_id, "tenant_id": tenant_id}
         run_id = run_id or uuid.uuid4().hex
         checkpoints = self.checkpoints
+        if checkpoints is not None and tenant_id is not None:
+            checkpoints = checkpoints.scoped(tenant_id)  # another tenant's run_id is not ours
         start, done = len(messages), 0
         if checkpoints is not None:
             resumed = await _resume.restore(checkpoints, run_id, agent=self.name)

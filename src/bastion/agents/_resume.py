@@ -102,7 +102,7 @@ async def save(checkpoints: Checkpoints, run_id: str, step: int, progress: Progr
     if not kept:
         msg = (
             f"run {run_id!r} is further on than step {step} in another worker: two runs "
-            "share this run_id; this one stops so that they do not both run its tools"
+            "share this run_id; this one stops here rather than go on beside it"
         )
         raise ConfigurationError(msg)
 

@@ -215,6 +215,11 @@ def encode_arguments(arguments: Mapping[str, Any]) -> str:
     return json.dumps(arguments, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
+def _shown(approval_id: str) -> str:
+    """``approval_id`` for a message: a long one is cut, so errors and logs stay readable."""
+    return repr(approval_id if len(approval_id) <= 80 else approval_id[:77] + "...")
+
+
 class ApprovalNotFound(BastionError):
     """No approval has this id in this scope, or it was purged after its retention period."""
 
@@ -222,7 +227,7 @@ class ApprovalNotFound(BastionError):
 
     def __init__(self, approval_id: str) -> None:
         super().__init__(
-            f"approval {approval_id!r} does not exist in this scope (or its retention period "
+            f"approval {_shown(approval_id)} does not exist in this scope (or its retention period "
             "ended); check the id, and the tenant scope it was created in"
         )
         self.approval_id = approval_id
@@ -238,7 +243,7 @@ class ApprovalAlreadyDecided(BastionError):
             detail = "expired undecided; the run has to ask again"
         else:
             detail = f"was already {approval.status} by {approval.decided_by!r}"
-        super().__init__(f"approval {approval.approval_id!r} {detail}")
+        super().__init__(f"approval {_shown(approval.approval_id)} {detail}")
         self.approval = approval
         self.status = approval.status
 
@@ -250,7 +255,7 @@ class ApprovalMismatch(BastionError):
 
     def __init__(self, approval_id: str) -> None:
         super().__init__(
-            f"approval {approval_id!r} already exists for a different call (agent, run, tool "
+            f"approval {_shown(approval_id)} already exists for a different call (agent, run, tool "
             "or arguments differ); use a new id for a new call"
         )
         self.approval_id = approval_id

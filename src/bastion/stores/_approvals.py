@@ -96,6 +96,10 @@ class ApprovalDecided(Event):
 def _text(value: object, api: str, *, empty: bool = False) -> str:
     if not isinstance(value, str) or (not value and not empty):
         invalid(api, "a string" if empty else "a non-empty string", value)
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from undecodable bytes
+        invalid_content(api, "text that encodes as UTF-8", value)
     return value
 
 
@@ -176,8 +180,8 @@ class Approvals:
             )
         try:
             arguments = dict(tool_arguments)
-            encode_arguments(arguments)
-        except (TypeError, ValueError) as exc:
+            encode_arguments(arguments).encode()
+        except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
             invalid_content(
                 "Approvals.create(tool_arguments)", f"a dict of JSON values ({exc})", tool_arguments
             )
@@ -290,8 +294,11 @@ class Approvals:
                 left = deadline - clock.monotonic()
                 if approval.status != "pending" or left <= 0:
                     return approval
-                until_expiry = max(approval.expires_at - clock.time(), 0.0)
-                # Re-read at the deadline of the request too, so an expiry is seen promptly.
+                # Re-read at the request's deadline too, so an expiry is seen promptly -- but
+                # not in a busy loop when this host's clock runs ahead of the store's.
+                until_expiry = approval.expires_at - clock.time()
+                if until_expiry <= 0:  # past the deadline here, not yet at the store
+                    until_expiry = self._poll / 10
                 await wakeup.wait(min(left, self._poll, until_expiry + 1e-3), clock=clock)
                 try:
                     approval = await self._read(approval_id)

@@ -67,6 +67,13 @@ class Checkpoints:
         )
         self._clock = clock
 
+    def scoped(self, name: str) -> Checkpoints:
+        """The same checkpoints confined to scope ``name`` (a tenant): runs never cross it."""
+        scoped = getattr(self._store, "scoped", None)
+        if scoped is None:
+            invalid("Checkpoints.scoped", "used on a store that supports scoped(name)", self._store)
+        return Checkpoints(scoped(name), ttl=self._ttl, clock=self._clock)
+
     async def save(self, run_id: str, step: int, state: dict[str, Any]) -> bool:
         """Save ``state`` as ``run_id``'s step ``step``; False when a later step is stored."""
         _run_id(run_id, "Checkpoints.save")

@@ -22,8 +22,9 @@ A waiting repeat is woken the moment the first request's response is stored
 or its key released -- in-process on every backend, across processes by
 PostgreSQL ``NOTIFY`` and Redis pub/sub -- and reads the store again every
 ``poll_interval`` as well, which is all SQLite offers across processes and
-the safety net under a lost notification. Only a repeat pays for this: the
-first request with a key never subscribes to anything.
+the safety net under a lost notification. Only a repeat subscribes; the
+first request with a key only announces its response, inside the same
+transaction or script that stores it.
 
 When the store is unreachable, ``failure_mode="closed"`` (the default)
 raises :class:`~bastion._core.errors.StoreUnavailableError` -- running
@@ -213,6 +214,8 @@ class Idempotency:
         outcome = await self._try_claim(key, fingerprint, token)
         if not isinstance(outcome, _Running):
             return outcome
+        if self._wait == 0:
+            raise IdempotencyConflict(key, waited=0.0)
         clock = self._clock
         deadline = clock.monotonic() + self._wait
         # Only a duplicate pays for a wake-up; it registers before claiming again, so a

@@ -9,7 +9,10 @@ only how to open, check and drop its own kind.
 
 Listening is an accelerator, never a dependency: when the subscription
 cannot be opened, waiters still find a change on their next poll, so a
-failure is logged once per outage rather than raised.
+failure is logged once per outage rather than raised. Nor may it slow a wait
+down during an outage: one waiter at a time tries to reopen (the others go on
+polling), within what is left of its wait, and after a failure nobody tries
+again before a backoff (1 s, doubling to 30 s) has passed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import abc
 import asyncio
 import logging
 
+from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import summarize
 from bastion.stores._wakeup import Notifier
 
@@ -29,18 +33,35 @@ _log = logging.getLogger("bastion.stores")
 class Listener(abc.ABC):
     """One subscription to ``channel`` that forwards each changed key to ``notifier``."""
 
-    __slots__ = ("_channel", "_failing", "_lock", "_lock_loop", "_notifier", "_timeout")
+    __slots__ = (
+        "_backoff",
+        "_channel",
+        "_clock",
+        "_closed",
+        "_failing",
+        "_lock",
+        "_lock_loop",
+        "_notifier",
+        "_retry_at",
+        "_timeout",
+    )
 
     backend = ""
     """The backend's name, for the log lines."""
 
-    def __init__(self, *, channel: str, notifier: Notifier, timeout: float) -> None:
+    def __init__(
+        self, *, channel: str, notifier: Notifier, timeout: float, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._channel = channel
         self._notifier = notifier
         self._timeout = timeout
+        self._clock = clock
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._failing = False
+        self._closed = False
+        self._backoff = 0.0
+        self._retry_at = float("-inf")
 
     @property
     def channel(self) -> str:
@@ -51,22 +72,38 @@ class Listener(abc.ABC):
         """Whether the subscription is open on the running event loop."""
         return self._alive(asyncio.get_running_loop())
 
-    async def ensure(self) -> None:
-        """Subscribe, unless already subscribed on this event loop (never raises)."""
+    async def ensure(self, budget: float | None = None) -> None:
+        """Subscribe, unless already subscribed on this event loop; never raises.
+
+        Returns at once when another waiter is already subscribing, when the
+        backoff after a failure has not passed, or once the store is closed;
+        otherwise takes at most ``budget`` seconds (and the listener's timeout).
+        """
         loop = asyncio.get_running_loop()
-        if self._alive(loop):
+        if self._closed or self._alive(loop) or self._clock.monotonic() < self._retry_at:
             return
         if self._lock is None or self._lock_loop is not loop:
             self._lock, self._lock_loop = asyncio.Lock(), loop
+        if self._lock.locked():
+            return  # someone is subscribing; this waiter polls meanwhile
+        limit = self._timeout if budget is None else min(self._timeout, budget)
+        if limit <= 0:
+            return
         async with self._lock:
-            if self._alive(loop):
+            if self._closed or self._alive(loop):
                 return
             await self._drop()
             try:
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(limit):
                     await self._open()
-            except Exception as exc:  # waiters fall back to polling; say so once per outage
-                await self._drop()
+            except BaseException as exc:
+                await self._drop()  # never leave a half-open subscription behind
+                if not isinstance(exc, Exception):
+                    raise  # cancelled: the caller's business
+                if isinstance(exc, TimeoutError) and limit < self._timeout:
+                    return  # the waiter ran out of time, not the server: no verdict
+                self._backoff = min(max(2 * self._backoff, 1.0), 30.0)
+                self._retry_at = self._clock.monotonic() + self._backoff
                 if not self._failing:
                     _log.warning(
                         "%s: cannot subscribe to %s (%s); waiters poll instead",
@@ -79,14 +116,21 @@ class Listener(abc.ABC):
             if self._failing:
                 _log.info("%s: subscribed to %s again", self.backend, self._channel)
             self._failing = False
+            self._backoff = 0.0
 
     def heard(self, key: str) -> None:
         """Hand a changed key to the waiters (called by the subclass as messages arrive)."""
         self._notifier.notify(key)
 
     async def close(self) -> None:
-        """Stop listening (the store is closing)."""
-        await self._drop()
+        """Stop listening for good (the store is closing); a later ensure does nothing."""
+        self._closed = True
+        lock = self._lock
+        if lock is not None and self._lock_loop is asyncio.get_running_loop():
+            async with lock:  # an open in progress finishes first, then is dropped
+                await self._drop()
+        else:
+            await self._drop()
 
     @abc.abstractmethod
     def _alive(self, loop: asyncio.AbstractEventLoop) -> bool:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion.stores._listen import Listener
 from bastion.stores._wakeup import Notifier
 
@@ -30,9 +31,15 @@ class PgListener(Listener):
     backend = "postgresql"
 
     def __init__(
-        self, engine: AsyncEngine, *, channel: str, notifier: Notifier, timeout: float
+        self,
+        engine: AsyncEngine,
+        *,
+        channel: str,
+        notifier: Notifier,
+        timeout: float,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        super().__init__(channel=channel, notifier=notifier, timeout=timeout)
+        super().__init__(channel=channel, notifier=notifier, timeout=timeout, clock=clock)
         self._engine = engine
         self._connection: AsyncConnection | None = None
         self._driver: Any = None
@@ -45,9 +52,13 @@ class PgListener(Listener):
     async def _open(self) -> None:
         self._connection = await self._engine.connect()
         raw = await self._connection.get_raw_connection()
-        self._driver = raw.driver_connection
-        self._loop = asyncio.get_running_loop()
-        await self._driver.add_listener(self._channel, self._on_notify)
+        driver = raw.driver_connection
+        if driver is None:
+            msg = "the pool gave a connection without its asyncpg connection"
+            raise ConnectionError(msg)
+        await driver.add_listener(self._channel, self._on_notify)
+        # Alive only once LISTEN took effect: an open cut short leaves nothing that looks alive.
+        self._driver, self._loop = driver, asyncio.get_running_loop()
 
     def _on_notify(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         self.heard(payload)

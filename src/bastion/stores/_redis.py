@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, cast
 
-from bastion._core.clock import Clock
+from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import ConfigurationError
 from bastion._core.validate import positive_number
 from bastion.stores._approval_store import (
@@ -187,7 +187,11 @@ class _Shared:
         }
         self.notifier = Notifier()
         self.listener = RedisListener(
-            client, channel=channel, notifier=self.notifier, timeout=max(timeout, 1.0)
+            client,
+            channel=channel,
+            notifier=self.notifier,
+            timeout=timeout,
+            clock=clock or SYSTEM_CLOCK,
         )
         lost = (errors.ConnectionError, errors.TimeoutError, OSError)
         self.unavailable: Callable[[Exception], bool] = lambda exc: isinstance(exc, lost)

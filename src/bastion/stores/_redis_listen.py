@@ -18,6 +18,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import summarize
 from bastion.stores._listen import Listener
 from bastion.stores._wakeup import Notifier
@@ -37,8 +38,16 @@ class RedisListener(Listener):
 
     backend = "redis"
 
-    def __init__(self, client: Redis, *, channel: str, notifier: Notifier, timeout: float) -> None:
-        super().__init__(channel=channel, notifier=notifier, timeout=timeout)
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        channel: str,
+        notifier: Notifier,
+        timeout: float,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        super().__init__(channel=channel, notifier=notifier, timeout=timeout, clock=clock)
         self._client = client
         self._task: asyncio.Task[None] | None = None
 
@@ -47,9 +56,15 @@ class RedisListener(Listener):
         return task is not None and not task.done() and task.get_loop() is loop
 
     async def _open(self) -> None:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._client.pubsub()
         try:
             await pubsub.subscribe(self._channel)
+            # SUBSCRIBE is sent without waiting for its reply; a waiter that read the
+            # store before the server confirmed could miss a change made in between.
+            while True:
+                reply = await pubsub.get_message(timeout=self._timeout)
+                if reply is not None and reply.get("type") == "subscribe":
+                    break
         except BaseException:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -161,6 +162,8 @@ class _Shared:
         sync_engine: sa.Engine | None,
         dialect: str,
         auto_upgrade: bool,
+        timeout: float,
+        clock: Clock,
     ) -> None:
         self.async_engine = async_engine
         self.sync_engine = sync_engine
@@ -177,7 +180,13 @@ class _Shared:
         self.closed = False
         self.notifier = Notifier()
         self.listener = (
-            PgListener(async_engine, channel=CHANGE_CHANNEL, notifier=self.notifier, timeout=5.0)
+            PgListener(
+                async_engine,
+                channel=CHANGE_CHANNEL,
+                notifier=self.notifier,
+                timeout=timeout,
+                clock=clock,
+            )
             if async_engine is not None
             else None
         )
@@ -261,6 +270,8 @@ class SQLStore(ScopedView):
                 sync_engine=sync_engine,
                 dialect="sqlite",
                 auto_upgrade=auto_upgrade,
+                timeout=self._timeout,
+                clock=clock,
             )
         else:
             connect_args: dict[str, Any] = {"timeout": self._timeout}
@@ -279,6 +290,8 @@ class SQLStore(ScopedView):
                 sync_engine=None,
                 dialect="postgresql",
                 auto_upgrade=auto_upgrade,
+                timeout=self._timeout,
+                clock=clock,
             )
 
     def __repr__(self) -> str:
@@ -527,36 +540,33 @@ class SQLStore(ScopedView):
             "b_status": response.status,
             "b_headers": encode_headers(response.headers),
             "b_body": response.body,
-            "b_channel": CHANGE_CHANNEL,
         }
-        push = self._backend == "postgresql"
 
         def step(conn: Connection) -> bool:
             row = {**values, "b_expires": clock.time() + ttl}
             stored = conn.execute(sql.idem_store, row).first() is not None
-            if stored and push:
-                conn.execute(sql.notify, values)
+            if stored:
+                self._announce(conn, full)
             return stored
 
         stored = await self.run("store_idempotent_response", step)
         if stored:
-            self._shared.notifier.notify(full)
+            self._shared.notifier.notify(notice(full))
         return stored
 
     async def release_idempotency_key(self, key: str, token: str) -> None:
         sql = self._shared.statements
         full = self._prefix + "idem:" + key
-        row = {"b_key": full, "b_token": token, "b_channel": CHANGE_CHANNEL}
-        push = self._backend == "postgresql"
+        row = {"b_key": full, "b_token": token}
 
         def step(conn: Connection) -> bool:
             released = bool(conn.execute(sql.idem_release, row).rowcount)
-            if released and push:
-                conn.execute(sql.notify, row)
+            if released:
+                self._announce(conn, full)
             return released
 
         if await self.run("release_idempotency_key", step):
-            self._shared.notifier.notify(full)
+            self._shared.notifier.notify(notice(full))
 
     def idempotency_wakeups(self, key: str) -> AbstractAsyncContextManager[Wakeup]:
         return self._wakeups(self._prefix + "idem:" + key)
@@ -827,39 +837,51 @@ class SQLStore(ScopedView):
             "b_status": "approved" if approved else "rejected",
             "b_by": by,
             "b_reason": reason,
-            "b_channel": CHANGE_CHANNEL,
         }
-        push = self._backend == "postgresql"
 
         def step(conn: Connection) -> tuple[Approval | None, bool]:
             now = clock.time()
             row = conn.execute(sql.apr_decide, {**values, "b_now": now}).first()
             if row is not None:
-                if push:
-                    conn.execute(sql.notify, values)
+                self._announce(conn, key)
                 return _approval_of_row(row, now), True
             current = conn.execute(sql.apr_get, {"b_key": key, "b_now": now}).first()
             return (None if current is None else _approval_of_row(current, now)), False
 
         outcome = await self.run("decide_approval", step)
         if outcome[1]:
-            self._shared.notifier.notify(key)  # waiters in this process, without the round trip
+            self._shared.notifier.notify(notice(key))  # this process's waiters, at once
         return outcome
 
     def approval_wakeups(self, approval_id: str) -> AbstractAsyncContextManager[Wakeup]:
         return self._wakeups(self._approval_key(approval_id))
 
+    def _announce(self, conn: Connection, key: str) -> None:
+        """Tell other processes' waiters that ``key`` changed (PostgreSQL; sent at commit)."""
+        if self._backend == "postgresql":
+            row = {"b_channel": CHANGE_CHANNEL, "b_notice": notice(key)}
+            conn.execute(self._shared.statements.notify, row)
+
     def _wakeups(self, key: str) -> AbstractAsyncContextManager[Wakeup]:
         listener = self._shared.listener
         if listener is None:  # SQLite: this process hears its own changes; others poll
-            return self._shared.notifier.watch(key)
-        return self._listening(key, listener)
+            return self._shared.notifier.watch(notice(key))
+        return self._listening(notice(key), listener)
 
     @contextlib.asynccontextmanager
     async def _listening(self, key: str, listener: PgListener) -> AsyncIterator[Wakeup]:
         await listener.ensure()
         async with self._shared.notifier.watch(key, refresh=listener.ensure) as wakeup:
             yield wakeup
+
+
+def notice(key: str) -> str:
+    """The fixed-size name a change of ``key`` is announced under.
+
+    A NOTIFY payload must stay under 8000 bytes, and keys (a scope path, an
+    idempotency key) may not; a digest always fits and names the key as well.
+    """
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _approval_of_row(row: Any, now: float) -> Approval:

@@ -330,8 +330,11 @@ class Statements:
             .order_by(apr.c.approval_id)
             .limit(sa.bindparam("b_limit"))
         )
-        self.notify = sa.select(sa.func.pg_notify(sa.bindparam("b_channel"), key))
-        """PostgreSQL only: tell every listener that ``b_key`` changed, at commit."""
+        self.notify = sa.select(
+            sa.func.pg_notify(sa.bindparam("b_channel"), sa.bindparam("b_notice"))
+        )
+        """PostgreSQL only: tell every listener that the key ``b_notice`` names changed, at
+        commit."""
 
         live_value = sa.or_(cache.c.expires_at.is_(None), cache.c.expires_at > now)
         self.cache_get = sa.select(cache.c.key, cache.c.value).where(

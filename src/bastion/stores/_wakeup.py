@@ -33,7 +33,7 @@ class Wakeup:
 
     __slots__ = ("_event", "_loop", "_refresh")
 
-    def __init__(self, refresh: Callable[[], Awaitable[None]] | None) -> None:
+    def __init__(self, refresh: Callable[[float], Awaitable[None]] | None) -> None:
         self._loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
         self._refresh = refresh
@@ -49,7 +49,9 @@ class Wakeup:
         A fire that came before this call counts: it is consumed here.
         """
         if self._refresh is not None:
-            await self._refresh()  # e.g. re-subscribe after a lost notification channel
+            started = clock.monotonic()
+            await self._refresh(timeout)  # re-subscribe after a lost channel, within the wait
+            timeout -= clock.monotonic() - started
         event = self._event
         if not event.is_set() and timeout > 0:
             fired = asyncio.ensure_future(event.wait())
@@ -75,9 +77,10 @@ class Notifier:
 
     @contextlib.asynccontextmanager
     async def watch(
-        self, key: str, *, refresh: Callable[[], Awaitable[None]] | None = None
+        self, key: str, *, refresh: Callable[[float], Awaitable[None]] | None = None
     ) -> AsyncIterator[Wakeup]:
-        """A wake-up for ``key`` while the block runs; ``refresh`` runs before each wait."""
+        """A wake-up for ``key`` while the block runs; ``refresh(timeout)`` runs before each
+        wait, and must take no longer than the wait's ``timeout``."""
         wakeup = Wakeup(refresh)
         with self._lock:
             self._waiters.setdefault(key, set()).add(wakeup)
