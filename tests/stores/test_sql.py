@@ -150,3 +150,37 @@ async def test_driver_errors_never_carry_the_values_sent(store: Any) -> None:
         await store.run("test", write_a_bad_row)
     assert "hunter2" not in str(caught.value)
     assert "parameters hidden" in str(caught.value)
+
+
+@pytest.mark.sqlite
+async def test_a_fresh_file_another_process_holds_is_waited_for_not_refused(
+    tmp_path: Path,
+) -> None:
+    """Switching a new file to WAL fails at once while another connection holds it; the
+    store waits (within its timeout) instead, so workers starting together all come up."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "fresh.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process, mid-way through its migrations
+    released = threading.Event()
+
+    def release() -> None:
+        released.wait(10)
+        other.execute("ROLLBACK")
+        other.close()
+
+    holder = threading.Thread(target=release)
+    holder.start()
+    store = SQLStore(f"sqlite:///{path}", timeout=5.0)
+    try:
+        ping = asyncio.ensure_future(store.ping())
+        await asyncio.sleep(0.05)  # the store is waiting for the file, not failing
+        assert not ping.done()
+        released.set()
+        await ping
+    finally:
+        released.set()
+        holder.join()
+        await store.aclose()

@@ -35,6 +35,8 @@ import contextlib
 import hashlib
 import json
 import re
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
@@ -980,14 +982,34 @@ def _serialize_sqlite(engine: sa.Engine, timeout: float) -> None:
     def _connect(dbapi_connection: Any, _record: object) -> None:
         dbapi_connection.isolation_level = None  # the driver must not BEGIN on its own
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        _wal(cursor, timeout)
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _wal(cursor: Any, timeout: float) -> None:
+    """Put the file in WAL mode, waiting up to ``timeout`` for other connections to let it.
+
+    Switching a fresh file to WAL needs it to itself, and SQLite answers
+    "database is locked" at once rather than through the busy handler: several
+    processes opening a new file together (a gateway's workers at first start)
+    would each fail their first operation. So this waits, briefly and bounded,
+    in the store's own thread.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _run_migrations(connection: Connection) -> None:
