@@ -84,17 +84,22 @@ async def bare_sqlite(path: Path) -> tuple[Callable[[], Awaitable[object]], Any]
     return read, close
 
 
-async def bare_postgres(url: str, schema: str) -> tuple[Callable[[], Awaitable[object]], Any]:
+async def _connect(url: str, **settings: str) -> Any:
+    """A raw asyncpg connection to ``url`` (``settings``: server settings such as search_path)."""
     import asyncpg  # type: ignore[import-untyped]
 
     parts = urlsplit(url)
-    conn = await asyncpg.connect(
+    return await asyncpg.connect(
         host=parts.hostname,
         port=parts.port or 5432,
         user=parts.username or "postgres",
         database=parts.path.lstrip("/") or "postgres",
-        server_settings={"search_path": schema},
+        server_settings=settings,
     )
+
+
+async def bare_postgres(url: str, schema: str) -> tuple[Callable[[], Awaitable[object]], Any]:
+    conn = await _connect(url, search_path=schema)
 
     async def read() -> object:
         return await conn.fetchval("SELECT value FROM bastion_cache WHERE key = $1", ":cache:k000")
@@ -166,15 +171,7 @@ async def run_backend(name: str, args: argparse.Namespace, tmp: Path) -> dict[st
 
 
 async def _postgres(url: str, statement: str) -> None:
-    import asyncpg
-
-    parts = urlsplit(url)
-    conn = await asyncpg.connect(
-        host=parts.hostname,
-        port=parts.port or 5432,
-        user=parts.username or "postgres",
-        database=parts.path.lstrip("/") or "postgres",
-    )
+    conn = await _connect(url)
     try:
         await conn.execute(statement)
     finally:
