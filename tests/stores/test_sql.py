@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from bastion import ConfigurationError
+from bastion import ConfigurationError, StoreUnavailableError
 from bastion.stores import SQLStore, WindowSpec, upgrade
 from bastion.stores._sql import _SWEEP_EVERY
 from bastion.stores._sql_schema import METADATA, VERSION_TABLE
@@ -183,4 +183,37 @@ async def test_a_fresh_file_another_process_holds_is_waited_for_not_refused(
     finally:
         released.set()
         holder.join()
+        await store.aclose()
+
+
+@pytest.mark.sqlite
+async def test_sqlite_reads_never_queue_behind_another_process_writing(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    import sqlite3
+
+    from bastion.stores import Checkpoints, SQLCacheStore
+
+    path = tmp_path / "shared.db"
+    store = SQLStore(f"sqlite:///{path}", timeout=0.3, clock=clock)
+    try:
+        cache, checkpoints = SQLCacheStore(store=store), Checkpoints(store, clock=clock)
+        await cache.set("k", b"v", ttl=None)
+        await checkpoints.save("run", 1, {"n": 1})
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            assert await cache.get("k") == b"v"  # a snapshot read: no wait for the lock
+            saved = await checkpoints.load("run")
+            assert saved is not None
+            assert saved.state == {"n": 1}
+            await store.ping()
+            with pytest.raises(StoreUnavailableError):
+                await cache.set("k", b"w", ttl=None)  # a write does wait, up to the timeout
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+        await cache.set("k", b"w", ttl=None)
+        assert await cache.get("k") == b"w"
+    finally:
         await store.aclose()

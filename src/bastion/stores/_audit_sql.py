@@ -172,7 +172,7 @@ class SQLAuditLog:
         def step(conn: Connection) -> list[AuditRecord]:
             return [_record_of(row) for row in conn.execute(statement)]
 
-        records = await self._store.run("audit_query", step)
+        records = await self._store.run("audit_query", step, read=True)
         return page_of(records, limit)
 
     async def verify(self) -> AuditReport:
@@ -188,5 +188,5 @@ class SQLAuditLog:
             ).first()
             return records, (0, GENESIS) if head is None else (int(head.seq), str(head.hash))
 
-        records, head = await self._store.run("audit_verify", step)
+        records, head = await self._store.run("audit_verify", step, read=True)
         return verify_chain(records, head, self._secret)

@@ -11,9 +11,11 @@ runs the same Python rule the memory store runs, then writes:
 - PostgreSQL locks rows: ``SELECT ... FOR UPDATE`` for a rate-limited key, an
   ``INSERT ... ON CONFLICT DO UPDATE`` (which locks the row it touches) for
   budget caps, always in sorted key order so two reservations cannot deadlock.
-- SQLite has no row locks; every transaction starts with ``BEGIN IMMEDIATE``,
-  which takes the database's write lock up front, so transactions from every
-  process touching the file run one at a time (WAL mode keeps readers going).
+- SQLite has no row locks; every transaction that writes starts with ``BEGIN
+  IMMEDIATE``, which takes the database's write lock up front, so writing
+  transactions from every process touching the file run one at a time. A
+  transaction that only reads begins deferred and reads a WAL snapshot: it
+  neither waits for the writers nor holds them up.
 
 Time is the wall clock of the process running the transaction
 (``clock.time()``), read *after* the lock is held and never allowed to go
@@ -93,6 +95,8 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 _SWEEP_EVERY = 1000
 _PG_MIGRATION_LOCK = 0x62617374  # pg_advisory_xact_lock key: one migrator at a time
 _UNDEFINED_TABLE = "42P01"
+_READ_ONLY = "bastion_read_only"
+"""Execution option marking a SQLite transaction that only reads."""
 CHANGE_CHANNEL = "bastion_changes"
 """The PostgreSQL channel a change that waiters care about is announced on (payload: its key):
 a decided approval, a stored or released idempotency key."""
@@ -193,19 +197,27 @@ class _Shared:
             else None
         )
 
-    async def run(self, step: Callable[[Connection], T]) -> T:
-        """Run ``step(connection)`` inside one transaction, committed when it returns."""
+    async def run(self, step: Callable[[Connection], T], *, read: bool = False) -> T:
+        """Run ``step(connection)`` inside one transaction, committed when it returns.
+
+        ``read=True`` says ``step`` only reads: on SQLite its transaction then
+        takes no write lock, so in WAL mode it never queues behind another
+        process's writes (nor they behind it).
+        """
         if self.async_engine is not None:
             async with self.async_engine.begin() as conn:
                 return await conn.run_sync(step)
         assert self.executor is not None
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._run_sqlite, step)
+        return await loop.run_in_executor(self.executor, self._run_sqlite, step, read)
 
-    def _run_sqlite(self, step: Callable[[Connection], T]) -> T:
+    def _run_sqlite(self, step: Callable[[Connection], T], read: bool) -> T:
         assert self.sync_engine is not None
-        with self.sync_engine.begin() as conn:
-            return step(conn)
+        with self.sync_engine.connect() as conn:
+            if read:
+                conn.execution_options(**{_READ_ONLY: True})
+            with conn.begin():
+                return step(conn)
 
     async def close(self) -> None:
         """Release everything (a second close does nothing)."""
@@ -304,7 +316,9 @@ class SQLStore(ScopedView):
         return self._backend
 
     async def ping(self) -> None:
-        await self.run("ping", lambda conn: conn.execute(sa.text("SELECT 1")).scalar_one())
+        await self.run(
+            "ping", lambda conn: conn.execute(sa.text("SELECT 1")).scalar_one(), read=True
+        )
 
     async def aclose(self) -> None:
         await self._shared.close()
@@ -336,17 +350,20 @@ class SQLStore(ScopedView):
                 await shared.run(self._migrate)
                 shared.ready = True
 
-    async def run(self, operation: str, step: Callable[[Connection], T]) -> T:
+    async def run(
+        self, operation: str, step: Callable[[Connection], T], *, read: bool = False
+    ) -> T:
         """Run ``step(connection)`` in one transaction under the store's timeout.
 
         For the store's own concerns (and tests): ``step`` is a plain function
-        of a SQLAlchemy :class:`~sqlalchemy.engine.Connection`.
+        of a SQLAlchemy :class:`~sqlalchemy.engine.Connection`; ``read=True``
+        promises it writes nothing (SQLite then runs it without the write lock).
         """
 
         async def work() -> T:
             await self._ready()
             try:
-                return await self._shared.run(step)
+                return await self._shared.run(step, read=read)
             except sa.exc.ProgrammingError as exc:
                 if getattr(exc.orig, "sqlstate", None) != _UNDEFINED_TABLE:
                     raise
@@ -492,7 +509,7 @@ class SQLStore(ScopedView):
             held = {k: int(v) for k, v in conn.execute(sql.held, query).all()}
             return tuple(settled.get(key, 0) + held.get(key, 0) for key in keys)
 
-        return await self.run("committed", step)
+        return await self.run("committed", step, read=True)
 
     # -- idempotency ---------------------------------------------------------------------------
 
@@ -605,7 +622,7 @@ class SQLStore(ScopedView):
                 run_id=run_id, step=int(stored_step), state=bytes(state), saved_at=float(saved_at)
             )
 
-        return await self.run("load_checkpoint", step)
+        return await self.run("load_checkpoint", step, read=True)
 
     async def delete_checkpoint(self, run_id: str) -> None:
         sql = self._shared.statements
@@ -680,7 +697,7 @@ class SQLStore(ScopedView):
                 expires_at=float(expires_at),
             )
 
-        return await self.run("load_session", step)
+        return await self.run("load_session", step, read=True)
 
     async def list_sessions(self, *, limit: int, cursor: str | None) -> SessionPage:
         sql = self._shared.statements
@@ -690,7 +707,7 @@ class SQLStore(ScopedView):
         def step(conn: Connection) -> list[str]:
             return list(conn.execute(sql.sess_list, {**values, "b_now": clock.time()}).scalars())
 
-        return page_of(await self.run("list_sessions", step), limit)
+        return page_of(await self.run("list_sessions", step, read=True), limit)
 
     async def delete_session(self, session_id: str) -> None:
         sql = self._shared.statements
@@ -728,7 +745,7 @@ class SQLStore(ScopedView):
 
         if not full:
             return []
-        return await self.run("cache_get", step)
+        return await self.run("cache_get", step, read=True)
 
     async def cache_set_many(
         self, items: Sequence[tuple[str, bytes]], *, ttl: float | None
@@ -807,7 +824,7 @@ class SQLStore(ScopedView):
             row = conn.execute(sql.apr_get, {"b_key": key, "b_now": now}).first()
             return None if row is None else _approval_of_row(row, now)
 
-        return await self.run("get_approval", step)
+        return await self.run("get_approval", step, read=True)
 
     async def list_approvals(
         self, *, status: ApprovalStatus | None, limit: int, cursor: str | None
@@ -826,7 +843,7 @@ class SQLStore(ScopedView):
             rows = conn.execute(sql.apr_list, {**values, "b_now": now}).all()
             return [_approval_of_row(row, now) for row in rows]
 
-        return approval_page(await self.run("list_approvals", step), limit)
+        return approval_page(await self.run("list_approvals", step, read=True), limit)
 
     async def decide_approval(
         self, approval_id: str, *, approved: bool, by: str, reason: str
@@ -970,12 +987,14 @@ def _plain_identifier(schema: object) -> str:
 
 
 def _serialize_sqlite(engine: sa.Engine, timeout: float) -> None:
-    """Make every SQLite transaction take the write lock up front (``BEGIN IMMEDIATE``).
+    """Make every SQLite transaction that writes take the write lock up front.
 
     Python's sqlite3 would start a *deferred* transaction that only asks for
     the write lock at its first write; two processes that both read first then
     deadlock on the upgrade, and one fails at once instead of waiting. Taking
-    the lock at ``BEGIN`` makes them queue (up to ``timeout``) instead.
+    the lock at ``BEGIN`` (``BEGIN IMMEDIATE``) makes them queue (up to
+    ``timeout``) instead. A step run with ``read=True`` writes nothing, so it
+    cannot take part in that deadlock and begins deferred.
     """
 
     @event.listens_for(engine, "connect")
@@ -989,7 +1008,10 @@ def _serialize_sqlite(engine: sa.Engine, timeout: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only step begins deferred: in WAL mode it reads a snapshot and never
+        # waits for, or holds up, a writer.
+        read = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
 
 def _wal(cursor: Any, timeout: float) -> None:
