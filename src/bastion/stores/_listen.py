@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import summarize
-from bastion.stores._wakeup import Notifier
+from bastion.stores._wakeup import Notifier, Wakeup
 
 __all__ = ["Listener"]
 
@@ -117,6 +119,14 @@ class Listener(abc.ABC):
                 _log.info("%s: subscribed to %s again", self.backend, self._channel)
             self._failing = False
             self._backoff = 0.0
+
+    @contextlib.asynccontextmanager
+    async def watch(self, key: str) -> AsyncIterator[Wakeup]:
+        """A wake-up for ``key``, subscribed before the caller reads (and again before each
+        wait, should the subscription have been lost)."""
+        await self.ensure()
+        async with self._notifier.watch(key, refresh=self.ensure) as wakeup:
+            yield wakeup
 
     def heard(self, key: str) -> None:
         """Hand a changed key to the waiters (called by the subclass as messages arrive)."""

@@ -28,9 +28,8 @@ store is made (``pip install 'bastion[redis]'``). Needs Redis >= 7.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -423,7 +422,7 @@ class RedisStore(ScopedView):
         await self._call("release_idempotency_key", work)
 
     def idempotency_wakeups(self, key: str) -> AbstractAsyncContextManager[Wakeup]:
-        return self._listening(self._idempotency_key(key))
+        return self._shared.listener.watch(self._idempotency_key(key))
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -583,14 +582,7 @@ class RedisStore(ScopedView):
         return _approval_of(approval_id, fields, float(now)), int(recorded) == 1
 
     def approval_wakeups(self, approval_id: str) -> AbstractAsyncContextManager[Wakeup]:
-        return self._listening(self._approval_keys(approval_id)[0])
-
-    @contextlib.asynccontextmanager
-    async def _listening(self, key: str) -> AsyncIterator[Wakeup]:
-        listener = self._shared.listener
-        await listener.ensure()
-        async with self._shared.notifier.watch(key, refresh=listener.ensure) as wakeup:
-            yield wakeup
+        return self._shared.listener.watch(self._approval_keys(approval_id)[0])
 
 
 def _approval_of(approval_id: str, fields: Sequence[object], now: float) -> Approval:

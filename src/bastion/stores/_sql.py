@@ -33,13 +33,12 @@ changes on a shared server are an operator's decision.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -885,13 +884,7 @@ class SQLStore(ScopedView):
         listener = self._shared.listener
         if listener is None:  # SQLite: this process hears its own changes; others poll
             return self._shared.notifier.watch(notice(key))
-        return self._listening(notice(key), listener)
-
-    @contextlib.asynccontextmanager
-    async def _listening(self, key: str, listener: PgListener) -> AsyncIterator[Wakeup]:
-        await listener.ensure()
-        async with self._shared.notifier.watch(key, refresh=listener.ensure) as wakeup:
-            yield wakeup
+        return listener.watch(notice(key))
 
 
 def notice(key: str) -> str:
