@@ -33,6 +33,7 @@ __all__ = [
     "optional_positive_number",
     "optional_whole_number",
     "positive_number",
+    "text",
     "whole_number",
 ]
 
@@ -54,6 +55,13 @@ def invalid_content(option: str, what: str, value: object) -> NoReturn:
     raise ConfigurationError(
         f"{option} must be {what}; got a {type(value).__name__} (contents not shown)"
     )
+
+
+def text(value: object, option: str, *, empty: bool = False) -> str:
+    """A string; a non-empty one unless ``empty`` (an id, a name, a reason)."""
+    if not isinstance(value, str) or (not value and not empty):
+        invalid(option, "a string" if empty else "a non-empty string", value)
+    return value
 
 
 def _is_real(value: object) -> TypeGuard[int | float]:

@@ -45,6 +45,7 @@ from bastion._core.validate import (
     non_negative_number,
     one_of,
     positive_number,
+    text,
     whole_number,
 )
 from bastion.stores._approval_store import (
@@ -94,8 +95,7 @@ class ApprovalDecided(Event):
 
 
 def _text(value: object, api: str, *, empty: bool = False) -> str:
-    if not isinstance(value, str) or (not value and not empty):
-        invalid(api, "a string" if empty else "a non-empty string", value)
+    value = text(value, api, empty=empty)
     try:
         value.encode()
     except UnicodeEncodeError:  # a lone surrogate, e.g. from undecodable bytes

@@ -20,7 +20,7 @@ from typing import Any
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
 from bastion._core.errors import ConfigurationError
-from bastion._core.validate import invalid, invalid_content, optional_positive_number
+from bastion._core.validate import invalid, invalid_content, optional_positive_number, text
 from bastion.stores._checkpoint_store import CheckpointStore
 
 __all__ = ["Checkpoints", "SavedState"]
@@ -38,9 +38,7 @@ class SavedState:
 
 
 def _run_id(run_id: object, api: str) -> str:
-    if not isinstance(run_id, str) or not run_id:
-        invalid(f"{api}(run_id)", "a non-empty string", run_id)
-    return run_id
+    return text(run_id, f"{api}(run_id)")
 
 
 class Checkpoints:

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bastion._core.clock import SYSTEM_CLOCK, Clock
-from bastion._core.validate import invalid, invalid_content, positive_number, whole_number
+from bastion._core.validate import (
+    invalid,
+    invalid_content,
+    positive_number,
+    text,
+    whole_number,
+)
 from bastion.stores._session_store import SessionPage, SessionStore
 
 if TYPE_CHECKING:
@@ -49,9 +55,7 @@ class Conversation:
 
 
 def _session_id(session_id: object, api: str) -> str:
-    if not isinstance(session_id, str) or not session_id:
-        invalid(f"{api}(session_id)", "a non-empty string", session_id)
-    return session_id
+    return text(session_id, f"{api}(session_id)")
 
 
 def message_document(message: Message) -> dict[str, Any]:
